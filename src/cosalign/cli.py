@@ -1,0 +1,211 @@
+"""The ``cosalign`` command line: demo, train, eval, predict, data {make, check, convert}.
+
+Errors about the user's input (missing dataset, bad config key, unreadable checkpoint) print one
+line naming the file and what was expected, and exit with code 2; a diverged run exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cosalign.config import ConfigError
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from cosalign.data.dataset import DatasetError
+    from cosalign.engine.checkpoint import CheckpointError
+    from cosalign.models.weights import WeightsError
+
+    return (ConfigError, DatasetError, CheckpointError, WeightsError)
+
+
+def cmd_demo(args) -> int:
+    from cosalign.demo import run_demo
+
+    run_demo(args.data, args.out, args.set, progress=not args.quiet)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from cosalign.config import apply_method, load_config
+    from cosalign.engine import distributed
+    from cosalign.engine.evaluate import format_table
+    from cosalign.engine.train import train
+
+    run_dir = Path(args.resume or args.out or "")
+    config = args.config
+    if args.resume and config is None:
+        config = str(run_dir / "config.yaml")
+        if not Path(config).is_file():
+            raise ConfigError(f"{config}: no config in the run to resume; pass --config")
+    if config is None:
+        raise ConfigError("--config is required (a YAML file or a preset: minicity, "
+                          "gta5_to_cityscapes, synthia_to_cityscapes)")
+    cfg = load_config(config, args.set)
+    if args.method:
+        cfg = apply_method(cfg, args.method)
+    if not args.resume and not args.out:
+        run_dir = Path("runs") / f"{Path(config).stem}_{args.method or 'default'}"
+    results = train(cfg, run_dir, progress=not args.quiet)
+    if distributed.is_main():
+        print(format_table({run_dir.name: results}, cfg.data.classes))
+    distributed.cleanup()
+    return 0
+
+
+def cmd_data_make(args) -> int:
+    from dataclasses import replace
+
+    from cosalign.data.minicity import MiniCitySpec, make_minicity
+    from cosalign.data.minicity_render import STYLES
+
+    spec = replace(MiniCitySpec(), target_style=STYLES[args.target_style], seed=args.seed,
+                   num_target_train=args.num_target, num_source=args.num_source)
+    written = make_minicity(Path(args.out), spec, workers=args.workers)
+    print(f"{args.out}: {'written' if written else 'already up to date'}")
+    return 0
+
+
+def _tta(args):
+    from cosalign.engine.tta import TTA
+
+    return TTA(scales=tuple(args.scales), flip=args.flip,
+               window=tuple(args.window) if args.window else None,
+               stride=tuple(args.stride) if args.stride else None,
+               align_corners=not args.no_align_corners)
+
+
+def cmd_eval(args) -> int:
+    from cosalign.engine.evaluate import format_table
+    from cosalign.engine.inference import evaluate_checkpoint
+
+    results = evaluate_checkpoint(
+        args.checkpoint, data_root=args.data, split=args.split, size=args.size, tta=_tta(args),
+        save_predictions=args.save_predictions, out=args.out, progress=not args.quiet)
+    print(f"{results['images']} images, {results['protocol']}")
+    for subset in results["miou"]:
+        print(format_table({"IoU (%)": results}, subset) + "\n")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cosalign.engine.inference import predict_images
+
+    files = predict_images(args.checkpoint, args.images, args.out, size=args.size, tta=_tta(args),
+                           progress=not args.quiet)
+    print(f"{len(files)} image(s) -> {args.out} (*_trainIds.png, *_color.png, *_overlay.png)")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from cosalign.data.check import check_dataset
+
+    report = check_dataset(args.root, args.dataset, args.split, args.list_file,
+                           progress=not args.quiet)
+    print(report.format())
+    return 0 if report.usable else 1
+
+
+def cmd_data_convert(args) -> int:
+    from cosalign.data.check import convert_labels
+
+    n = convert_labels(args.root, args.dataset, args.split, args.list_file, args.force,
+                       progress=not args.quiet)
+    print(f"wrote {n} *_labelTrainIds.png file(s) under {args.root}")
+    return 0
+
+
+def _add_tta(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("test-time augmentation (off by default: published protocol)")
+    g.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    g.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    g.add_argument("--window", type=int, nargs=2, metavar=("W", "H"), help="sliding window")
+    g.add_argument("--stride", type=int, nargs=2, metavar=("X", "Y"))
+    g.add_argument("--no-align-corners", action="store_true",
+                   help="upsample logits with align_corners=False")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cosalign", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="MiniCity end to end: source-only vs ours, table + figure")
+    d.add_argument("--data", default="data/minicity", help="MiniCity folder (made if missing)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.iters=200")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train one method (resumes when the run has checkpoints)")
+    t.add_argument("--config", help="YAML file or preset name")
+    t.add_argument("--method", choices=["source_only", "minent", "advent", "ours",
+                                        "ours_minent", "ours_advent"])
+    t.add_argument("--out", help="run folder (default runs/<config>_<method>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run (its config by default)")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint: per-class IoU and mIoU")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", help="dataset root (default: the checkpoint config's val root)")
+    e.add_argument("--split", default="val")
+    e.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="network input size")
+    e.add_argument("--save-predictions", type=Path, metavar="DIR")
+    e.add_argument("--out", type=Path, help="results path without suffix (.json and .md)")
+    e.add_argument("--quiet", action="store_true")
+    _add_tta(e)
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="segment your own images")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, type=Path)
+    pr.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
+    pr.add_argument("--quiet", action="store_true")
+    _add_tta(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    data = sub.add_parser("data", help="datasets: make MiniCity, check or convert a tree")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    mk = dsub.add_parser("make", help="generate MiniCity")
+    mk.add_argument("--out", default="data/minicity")
+    mk.add_argument("--target-style", default="photo", choices=["photo", "fog", "dusk"])
+    mk.add_argument("--num-source", type=int, default=600)
+    mk.add_argument("--num-target", type=int, default=600)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--workers", type=int, default=2)
+    mk.set_defaults(func=cmd_data_make)
+    for name, func, helptext in (("check", cmd_data_check, "is a dataset tree usable?"),
+                                 ("convert", cmd_data_convert, "write *_labelTrainIds.png")):
+        c = dsub.add_parser(name, help=helptext)
+        c.add_argument("root")
+        c.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
+        c.add_argument("--split", default="train", help="cityscapes split")
+        c.add_argument("--list-file")
+        c.add_argument("--quiet", action="store_true")
+        if name == "convert":
+            c.add_argument("--force", action="store_true", help="rewrite existing files")
+        c.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cosalign.engine.train import NonFiniteLoss
+
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

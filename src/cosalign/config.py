@@ -1,0 +1,260 @@
+"""Configuration: nested dataclasses, YAML presets and ``--set a.b=value`` overrides.
+
+A preset (src/cosalign/configs/*.yaml) holds only the fields that differ from the defaults
+below. An override must name an existing field and keep its type; otherwise the error lists the
+valid keys. ``METHODS`` names the loss weights of every method in the one training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which key and what is valid."""
+
+
+@dataclass
+class DomainConfig:
+    """One dataset split as read from disk."""
+
+    dataset: str = "gta5"  # gta5 | synthia | cityscapes
+    root: str = "data/gta5"
+    split: str = "train"  # cityscapes only
+    list_file: str | None = None  # optional list of images (relative to the image folder)
+    size: tuple[int, int] | None = (1280, 720)  # resize to (width, height); None keeps size
+    crop: tuple[int, int] | None = None  # random crop (width, height) after resizing
+    flip: bool = False  # random horizontal flip
+    photometric: float = 0.0  # strength of random brightness/contrast/saturation/colour gains
+
+
+@dataclass
+class DataConfig:
+    source: DomainConfig = field(default_factory=DomainConfig)
+    target: DomainConfig = field(default_factory=lambda: DomainConfig(
+        dataset="cityscapes", root="data/cityscapes", size=(1024, 512)))
+    val: DomainConfig = field(default_factory=lambda: DomainConfig(
+        dataset="cityscapes", root="data/cityscapes", split="val", size=(1024, 512)))
+    classes: str = "cityscapes19"  # headline class subset for mIoU (data/labels.py)
+    extra_classes: list[str] = field(default_factory=list)  # also reported, e.g. synthia13
+    normalization: str = "caffe"  # caffe (BGR - mean) | imagenet
+    interpolation: str = "bilinear"  # image resize: bilinear | bicubic
+    batch_size: int = 1  # per domain and per process
+    workers: int = 2
+    cache: bool = False  # keep decoded, resized images in memory (small datasets)
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 101
+    width: float = 1.0
+    rates: tuple[int, ...] = (6, 12, 18, 24)
+    feature_layer: str = "layer4"  # layer4 | layer4_pre | layer3
+    bn: str = "affine_frozen"  # train | affine_frozen | frozen
+    weights: str | None = None  # local ImageNet / DeepLab / cosalign checkpoint
+
+
+@dataclass
+class LossConfig:
+    aux: float = 0.1  # weight of the auxiliary segmentation head
+    cos: float = 0.0  # lambda_cos; 0 turns the paper's loss off
+    tau: float = 0.5
+    match: str = "all"  # all | max
+    reference: str = "dictionary"  # dictionary | batch
+    class_restrict: str = "none"  # none | pseudo
+    capacity: int = 1000  # Q, slots per class in the dictionary
+    per_image: int = 16  # q, positions enqueued per image and class
+    enqueue: str = "pixels"  # pixels | mean
+    start_iter: int = 0  # the cosine loss is applied from this iteration on
+    bf16_matmul: bool = False  # the loss's products in bf16 (normalization stays fp32)
+    ent: float = 0.0  # MinEnt, main head
+    ent_aux: float = 0.0
+    adv: float = 0.0  # AdvEnt, main head
+    adv_aux: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    power: float = 0.9  # poly decay (1 - it / schedule_iters) ** power
+    schedule_iters: int = 250_000
+    head_lr_mult: float = 10.0
+    lr_d: float = 1e-4  # AdvEnt discriminator (Adam, betas 0.9, 0.99)
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 120_000
+    seed: int = 0
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False  # NHWC convolutions (faster on recent CPUs and GPUs)
+    log_every: int = 50
+    eval_every: int = 5000  # 0: only at the end
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Loss weights of each method (shared/METHOD.md section 4); "ours" keeps the preset's lambda_cos.
+METHODS: dict[str, dict[str, float | None]] = {
+    "source_only": {"cos": 0.0, "ent": 0.0, "ent_aux": 0.0, "adv": 0.0, "adv_aux": 0.0},
+    "minent": {"cos": 0.0, "ent": 1e-3, "ent_aux": 2e-4, "adv": 0.0, "adv_aux": 0.0},
+    "advent": {"cos": 0.0, "ent": 0.0, "ent_aux": 0.0, "adv": 1e-3, "adv_aux": 2e-4},
+    "ours": {"cos": None, "ent": 0.0, "ent_aux": 0.0, "adv": 0.0, "adv_aux": 0.0},
+    "ours_minent": {"cos": None, "ent": 1e-3, "ent_aux": 2e-4, "adv": 0.0, "adv_aux": 0.0},
+    "ours_advent": {"cos": None, "ent": 0.0, "ent_aux": 0.0, "adv": 1e-3, "adv_aux": 2e-4},
+}
+
+
+def apply_method(cfg: Config, method: str) -> Config:
+    """Set the loss weights of ``method``; weights given as None keep the config's value."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    for key, value in METHODS[method].items():
+        if value is not None:
+            setattr(cfg.loss, key, value)
+    if METHODS[method]["cos"] is None and cfg.loss.cos == 0:
+        raise ConfigError(f"method {method!r} needs loss.cos > 0 in the config")
+    return cfg
+
+
+def _keys(obj, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _coerce(value, hint, key: str):
+    """Check ``value`` against the type hint of field ``key`` (ints pass for floats, lists for
+    tuples, None for optional fields)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = args[0] if args else object
+        items = [_coerce(v, item, key) for v in value]
+        fixed = origin is tuple and len(args) > 1 and args[1] is not Ellipsis
+        if fixed and len(items) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(items) if origin is tuple else items
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    is_bool_for_int = hint is int and isinstance(value, bool)
+    if hint is object or (isinstance(value, hint) and not is_bool_for_int):
+        return value
+    raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def set_key(cfg: Config, key: str, value) -> None:
+    """Set ``cfg.<key>`` (dotted) to ``value`` after checking the key exists and the type fits."""
+    parts = key.split(".")
+    obj = cfg
+    for part in parts[:-1]:
+        obj = getattr(obj, part, None)
+        if not dataclasses.is_dataclass(obj):
+            break
+    names = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
+    if parts[-1] not in names or dataclasses.is_dataclass(getattr(obj, parts[-1])):
+        raise ConfigError(f"unknown config key {key!r}; valid keys:\n  " + "\n  ".join(_keys(cfg)))
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or the name of a bundled preset (``minicity``, ``gta5_to_cityscapes``...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = PRESET_DIR / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"{name_or_path}: no such config file or preset (presets: {names})")
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (or preset name), then ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        file = resolve_preset(path)
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{file}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping of config sections")
+        for key, value in _flatten(data).items():
+            try:
+                set_key(cfg, key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{file}: {e}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.tau=0.6")
+        key, text = item.split("=", 1)
+        set_key(cfg, key.strip(), yaml.safe_load(text))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return json_safe(dataclasses.asdict(cfg))
+
+
+def json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of :func:`to_dict` (for configs stored in checkpoints)."""
+    cfg = Config()
+    for key, value in _flatten(d).items():
+        set_key(cfg, key, value)
+    return cfg

@@ -1,0 +1,106 @@
+"""Checkpoints: written atomically, the last K kept, everything needed to resume exactly.
+
+A checkpoint is a dict of tensors and plain Python values, so it loads with
+``torch.load(..., weights_only=True)``. It is first written to a temporary file in the same
+folder, flushed to disk, then renamed over the final name: a crash or a full disk while saving
+leaves the previous checkpoint untouched and loadable.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PATTERN = re.compile(r"^ckpt_(\d{7})\.pt$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is unreadable or is not a cosalign checkpoint."""
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if PATTERN.match(p.name))
+
+
+def save_checkpoint(state: dict, run_dir: Path, iteration: int, keep: int = 3) -> Path:
+    """Write ``ckpt_<iteration>.pt`` atomically and delete all but the newest ``keep``."""
+    path = Path(run_dir) / f"ckpt_{iteration:07d}.pt"
+    save_atomic(state, path)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a cosalign checkpoint with ``weights_only=True``; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, corrupt, or pickled foreign objects
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: not a cosalign checkpoint (expected keys 'model' and 'config', found {keys})"
+        )
+    return state
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return _plain(state)
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(obj):
+    """RNG states as types ``weights_only`` loading accepts (lists, ints, tensors)."""
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.astype(np.int64))
+    return obj

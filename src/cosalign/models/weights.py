@@ -1,0 +1,102 @@
+"""Initial weights from local files (nothing is downloaded).
+
+Three kinds of file are recognized by their keys:
+- the DeepLab ImageNet checkpoint of the AdaptSegNet/ADVENT line (``Scale.conv1.weight``, ...):
+  its ``Scale.layer5`` classifier is skipped, the rest goes into the backbone;
+- a torchvision ``resnet101`` state dict (``conv1.weight``, ``layer1.0...``, ``fc``): loaded by
+  name into the backbone, with a warning, because torchvision puts the bottleneck stride on the
+  3x3 conv and expects RGB/255 input normalized by ImageNet mean and std (set
+  ``data.normalization: imagenet``);
+- a cosalign checkpoint (``model`` and ``config`` keys): the whole network.
+Files are always read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsError(Exception):
+    """A weights file cannot be read or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    kind: str
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{self.kind}: loaded {self.loaded} tensors"
+        if self.missing:
+            text += f"; missing {len(self.missing)} (e.g. {self.missing[:3]})"
+        if self.unexpected:
+            text += f"; unexpected {len(self.unexpected)} (e.g. {self.unexpected[:3]})"
+        return text
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def convert(state: dict) -> tuple[str, dict[str, torch.Tensor]]:
+    """Recognize a state dict and rename its keys to this project's model: (kind, state)."""
+    if "model" in state and "config" in state:
+        return "cosalign checkpoint", state["model"]
+    keys = list(state)
+    if any(k.startswith("Scale.") for k in keys):
+        return "DeepLab ImageNet (Caffe) checkpoint", {
+            "backbone." + k[len("Scale."):]: v for k, v in state.items()
+            if k.startswith("Scale.") and not k.startswith("Scale.layer5")
+        }
+    if "conv1.weight" in state and any(k.startswith("layer4.") for k in keys):
+        return "torchvision ResNet state dict", {
+            "backbone." + k: v for k, v in state.items() if not k.startswith("fc.")
+        }
+    return "unknown", {}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load a weights file into ``model``; refuse a file that matches nothing or whose shapes
+    disagree. Missing and unexpected keys are reported (and returned)."""
+    path = Path(path)
+    kind, state = convert(_read(path))
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own}
+    if not matched:
+        raise WeightsError(
+            f"{path}: no key matches this model (expected a DeepLab 'Scale.*' checkpoint, a "
+            f"torchvision ResNet state dict or a cosalign checkpoint; found keys like "
+            f"{list(state)[:3] or list(_read(path))[:3]})"
+        )
+    for k, v in matched.items():
+        if v.shape != own[k].shape:
+            raise WeightsError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects "
+                               f"{tuple(own[k].shape)} (wrong depth, width or class count?)")
+    model.load_state_dict(matched, strict=False)
+    report = LoadReport(
+        kind, len(matched),
+        missing=[k for k in own if k not in matched and not k.endswith("num_batches_tracked")],
+        unexpected=[k for k in state if k not in own],
+    )
+    if kind.startswith("torchvision"):
+        warnings.warn(
+            f"{path}: torchvision ResNet weights put the bottleneck stride on the 3x3 conv and "
+            "expect RGB input normalized by ImageNet mean/std (data.normalization: imagenet); "
+            "results will differ from the DeepLab protocol", stacklevel=2)
+    print(report)
+    return report

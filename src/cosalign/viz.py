@@ -1,0 +1,55 @@
+"""Pictures: palette-coloured label maps, overlays, and the demo's comparison figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cosalign.data.labels import colorize
+
+
+def overlay(image: np.ndarray, y: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image blended with the palette colours of (H, W) trainIds."""
+    if image.shape[:2] != y.shape:
+        image = cv2.resize(image, (y.shape[1], y.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = colorize(y).astype(np.float32)
+    out = image.astype(np.float32) * (1 - alpha) + colour * alpha
+    out[y == 255] = image[y == 255]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_rgb(path: Path, image: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: could not write image")
+
+
+def comparison_figure(rows: list[dict[str, np.ndarray]], path: Path, title: str = "") -> None:
+    """A grid with one row per image and one column per entry of each row's dict (an RGB image
+    or a trainId map, coloured), column titles from the dict keys. Written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = list(rows[0])
+    h, w = next(iter(rows[0].values())).shape[:2]
+    fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
+                             figsize=(2.6 * len(cols) * w / h / 2, 1.45 * len(rows) + 0.4))
+    for r, row in enumerate(rows):
+        for c, key in enumerate(cols):
+            a = row[key]
+            axes[r][c].imshow(a if a.ndim == 3 else colorize(a), interpolation="nearest")
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+            if r == 0:
+                axes[r][c].set_title(key, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

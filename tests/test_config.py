@@ -1,0 +1,66 @@
+"""Config presets, overrides and their errors."""
+
+import pytest
+
+from cosalign.config import (
+    ConfigError,
+    apply_method,
+    from_dict,
+    load_config,
+    resolve_preset,
+    to_dict,
+)
+
+
+def test_presets_load_and_round_trip():
+    for name in ("minicity", "gta5_to_cityscapes", "synthia_to_cityscapes"):
+        cfg = load_config(name)
+        assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_override_sets_typed_value():
+    cfg = load_config("minicity", ["loss.tau=0.7", "optim.lr=1", "data.source.size=[64, 32]",
+                                   "model.weights=null"])
+    assert cfg.loss.tau == 0.7
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.source.size == (64, 32)
+    assert cfg.model.weights is None
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["loss.lamda=1"])
+    assert "loss.lamda" in str(e.value) and "loss.tau" in str(e.value)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, ["loss=1"])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="train.iters: expected int"):
+        load_config(None, ["train.iters=abc"])
+    with pytest.raises(ConfigError, match="expected 2 values"):
+        load_config(None, ["data.source.size=[1, 2, 3]"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["loss.tau"])
+
+
+def test_bad_yaml_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  tau: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(str(bad))
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("loss:\n  nope: 1\n")
+    with pytest.raises(ConfigError, match="wrong.yaml.*loss.nope"):
+        load_config(str(wrong))
+    with pytest.raises(ConfigError, match="presets"):
+        resolve_preset("no_such_preset")
+
+
+def test_methods_set_loss_weights():
+    cfg = apply_method(load_config("minicity"), "minent")
+    assert (cfg.loss.cos, cfg.loss.ent, cfg.loss.ent_aux) == (0.0, 1e-3, 2e-4)
+    ours = apply_method(load_config("minicity"), "ours")
+    assert ours.loss.cos == load_config("minicity").loss.cos > 0
+    with pytest.raises(ConfigError, match="unknown method"):
+        apply_method(load_config("minicity"), "dacs")

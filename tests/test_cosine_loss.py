@@ -1,0 +1,154 @@
+"""The cosine loss against a naive loop over target pixels and reference entries."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cosalign.losses import (
+    ClassFeatureDictionary,
+    CosineAlignmentLoss,
+    cosine_alignment,
+    cosine_alignment_plain,
+    labelled_features,
+)
+
+
+def naive_loss(f_t, ref, ref_cls, pseudo, tau, match):
+    """Loop over every target position i and every entry j, in float64 Python arithmetic."""
+    B, C, h, w = f_t.shape
+    f, r = f_t.double(), ref.double()
+    total, count = 0.0, 0
+    for b, y, x in itertools.product(range(B), range(h), range(w)):
+        v = f[b, :, y, x]
+        v = v / v.norm()
+        sims = []
+        for j in range(r.shape[0]):
+            if pseudo is not None and int(ref_cls[j]) != int(pseudo[b, y, x]):
+                continue
+            sims.append(float(v @ r[j]))
+        if match == "all":
+            chosen = [s for s in sims if s > tau]
+        else:
+            chosen = [max(sims)] if sims and max(sims) > tau else []
+        total += sum(1 - s for s in chosen)
+        count += len(chosen)
+    return total / max(count, 1), count
+
+
+def make_case(seed, reference):
+    g = torch.Generator().manual_seed(seed)
+    f_t = torch.randn(2, 6, 3, 4, generator=g)
+    if reference == "dictionary":
+        d = ClassFeatureDictionary(num_classes=4, capacity=5, dim=6, per_image=3)
+        for _ in range(3):
+            d.update(torch.randn(2, 6, 3, 4, generator=g),
+                     torch.randint(0, 4, (2, 6, 8), generator=g))
+        ref, ref_cls = d.reference()
+    else:
+        y = torch.randint(0, 5, (2, 6, 8), generator=g)
+        y[y == 4] = 255
+        ref, ref_cls = labelled_features(torch.randn(2, 6, 3, 4, generator=g), y)
+    pseudo = torch.randint(0, 4, (2, 3, 4), generator=g)
+    return f_t, ref, ref_cls, pseudo
+
+
+@pytest.mark.parametrize("match", ["all", "max"])
+@pytest.mark.parametrize("class_restrict", ["none", "pseudo"])
+@pytest.mark.parametrize("reference", ["dictionary", "batch"])
+@pytest.mark.parametrize("tau", [-0.2, 0.1, 0.5])
+def test_loss_equals_naive_loop(match, class_restrict, reference, tau):
+    f_t, ref, ref_cls, pseudo = make_case(0, reference)
+    if class_restrict == "none":
+        ref_cls_arg, pseudo_arg = None, None
+    else:
+        ref_cls_arg, pseudo_arg = ref_cls, pseudo
+    expected, expected_count = naive_loss(f_t, ref, ref_cls, pseudo_arg, tau, match)
+    out = cosine_alignment(
+        f_t, ref, tau=tau, match=match, ref_cls=ref_cls_arg, pseudo=pseudo_arg, chunk_bytes=64
+    )
+    assert out.selected == expected_count
+    assert expected_count > 0
+    assert out.loss.item() == pytest.approx(expected, abs=1e-5)
+    plain = cosine_alignment_plain(
+        f_t, ref, tau=tau, match=match, ref_cls=ref_cls_arg, pseudo=pseudo_arg
+    )
+    assert plain.item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("match", ["all", "max"])
+@pytest.mark.parametrize("restrict", [False, True])
+def test_gradient_equals_plain_autograd(match, restrict):
+    f_t, ref, ref_cls, pseudo = make_case(1, "dictionary")
+    kw = dict(ref_cls=ref_cls, pseudo=pseudo) if restrict else {}
+    a = f_t.clone().requires_grad_()
+    b = f_t.clone().requires_grad_()
+    cosine_alignment(a, ref, tau=0.1, match=match, chunk_bytes=100, **kw).loss.backward()
+    cosine_alignment_plain(b, ref, tau=0.1, match=match, **kw).backward()
+    assert a.grad.abs().sum() > 0
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("match", ["all", "max"])
+def test_gradcheck_float64(match):
+    f_t, ref, _, _ = make_case(2, "dictionary")
+    f_t = f_t.double().requires_grad_()
+    ref = ref.double()
+    assert torch.autograd.gradcheck(
+        lambda f: cosine_alignment(f, ref, tau=0.2, match=match).loss, (f_t,), eps=1e-7, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("match", ["all", "max"])
+def test_nothing_selected_gives_zero_and_zero_gradient(match):
+    f_t, ref, _, _ = make_case(3, "dictionary")
+    f_t.requires_grad_()
+    out = cosine_alignment(f_t, ref, tau=1.0, match=match)
+    out.loss.backward()
+    assert out.selected == 0
+    assert out.loss.item() == 0.0 and not torch.isnan(out.loss)
+    assert torch.count_nonzero(f_t.grad) == 0
+    # An empty reference set (empty dictionary) behaves the same.
+    empty = cosine_alignment(f_t, ref[:0], tau=0.0, match=match)
+    assert empty.loss.item() == 0.0 and empty.pairs == 0
+
+
+def test_gradient_reaches_target_features_only():
+    f_t, ref, _, _ = make_case(4, "dictionary")
+    f_t.requires_grad_()
+    ref = ref.clone().requires_grad_()
+    cosine_alignment(f_t, ref, tau=0.0).loss.backward()
+    assert f_t.grad is not None and f_t.grad.abs().sum() > 0
+    assert ref.grad is None
+
+
+def test_loss_is_one_minus_cosine_for_a_single_pair():
+    # One target vector at 60 degrees from the only entry: cos = 0.5, loss = 0.5.
+    f_t = torch.tensor([1.0, math.sqrt(3.0)]).reshape(1, 2, 1, 1)
+    ref = torch.tensor([[1.0, 0.0]])
+    assert cosine_alignment(f_t, ref, tau=0.4).loss.item() == pytest.approx(0.5)
+    assert cosine_alignment(f_t, ref, tau=0.6).loss.item() == 0.0
+
+
+def test_bf16_matmul_close_to_fp32():
+    g = torch.Generator().manual_seed(5)
+    f_t = torch.randn(2, 64, 8, 8, generator=g)
+    ref = F.normalize(torch.randn(300, 64, generator=g), dim=1)
+    a = cosine_alignment(f_t, ref, tau=0.1).loss
+    b = cosine_alignment(f_t, ref, tau=0.1, matmul_dtype=torch.bfloat16).loss
+    assert b.item() == pytest.approx(a.item(), rel=2e-2)
+
+
+def test_module_form_and_bad_switches():
+    f_t, ref, ref_cls, pseudo = make_case(6, "dictionary")
+    loss = CosineAlignmentLoss(tau=0.1, class_restrict="pseudo")(f_t, ref, ref_cls, pseudo)
+    expected, _ = naive_loss(f_t, ref, ref_cls, pseudo, 0.1, "all")
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="match"):
+        cosine_alignment(f_t, ref, tau=0.1, match="best")
+    with pytest.raises(ValueError, match="class_restrict"):
+        CosineAlignmentLoss(tau=0.1, class_restrict="labels")
+    with pytest.raises(ValueError, match="pseudo"):
+        CosineAlignmentLoss(tau=0.1, class_restrict="pseudo")(f_t, ref, ref_cls)

@@ -1,0 +1,116 @@
+"""The training loop end to end on a tiny MiniCity: every method, logging, checkpoints, resume,
+divergence and bad input."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from cosalign.cli import main
+from cosalign.config import apply_method
+from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
+from cosalign.engine.logger import read_metrics
+from cosalign.engine.train import NonFiniteLoss, train
+
+
+@pytest.mark.parametrize("method", ["source_only", "minent", "ours", "ours_advent"])
+def test_every_method_trains_logs_and_evaluates(tiny_config, tmp_path, method):
+    cfg = apply_method(copy.deepcopy(tiny_config), method)
+    results = train(cfg, tmp_path, progress=False)
+    assert 0 <= results["miou"]["minicity"] <= 100
+    records = read_metrics(tmp_path)
+    train_rows = [r for r in records if r["kind"] == "train"]
+    assert [r["iter"] for r in train_rows] == [2, 4, 6]
+    assert all(torch.isfinite(torch.tensor(r["seg"])) for r in train_rows)
+    if method.startswith("ours"):
+        assert "cos" in train_rows[-1] and "selected" in train_rows[-1]
+        assert "eff_rank" in train_rows[-1] and "pair_cos" in train_rows[-1]
+    if method == "minent":
+        assert "ent" in train_rows[-1] and "cos" not in train_rows[-1]
+    if method == "ours_advent":
+        assert "adv" in train_rows[-1] and "d_adv_src" in train_rows[-1]
+    assert [r["kind"] for r in records].count("eval") == 1
+    state = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    assert state["iteration"] == 6
+    assert int(state["dictionary"]["filled"].sum()) > 0  # updated whatever the method
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_cosine_loss_waits_for_start_iter(tiny_config, tmp_path):
+    cfg = copy.deepcopy(tiny_config)
+    cfg.loss.start_iter = 4
+    train(cfg, tmp_path, progress=False)
+    rows = {r["iter"]: r for r in read_metrics(tmp_path) if r["kind"] == "train"}
+    assert "cos" not in rows[2] and "cos" not in rows[4] and "cos" in rows[6]
+
+
+def test_resume_equals_straight_run(tiny_config, tmp_path):
+    """N iterations straight == N/2, stop, resume for N/2 (deterministic CPU run)."""
+    cfg = copy.deepcopy(tiny_config)
+    cfg.train.deterministic = True
+    train(cfg, tmp_path / "straight", progress=False)
+    assert train(cfg, tmp_path / "split", progress=False, stop_at=3) is None
+    train(cfg, tmp_path / "split", progress=False)
+    a = load_checkpoint(list_checkpoints(tmp_path / "straight")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "split")[-1])
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a["dictionary"]["entries"], b["dictionary"]["entries"])
+
+
+def test_nan_stops_with_iteration_and_term_and_keeps_checkpoint(tiny_config, tmp_path,
+                                                                monkeypatch):
+    cfg = copy.deepcopy(tiny_config)
+    train(cfg, tmp_path, progress=False, stop_at=3)
+    before = load_checkpoint(list_checkpoints(tmp_path)[-1])
+
+    import cosalign.engine.train as engine
+
+    real = engine.cosine_alignment
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out._replace(loss=out.loss * float("nan"))
+
+    monkeypatch.setattr(engine, "cosine_alignment", poisoned)
+    with pytest.raises(NonFiniteLoss, match="iteration 3: loss term 'cos' is nan"):
+        train(cfg, tmp_path, progress=False)
+    after = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    assert after["iteration"] == 3
+    for key in before["model"]:
+        torch.testing.assert_close(before["model"][key], after["model"][key])
+
+
+def test_cli_train_missing_dataset_exits_2(tmp_path, capsys):
+    code = main(["train", "--config", "minicity", "--out", str(tmp_path / "run"), "--quiet",
+                 "--set", f"data.source.root={tmp_path / 'nowhere'}",
+                 "data.source.list_file=null"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nowhere/images" in err and "ROOT/images/NNNNN.png" in err
+    assert "Traceback" not in err
+
+
+def test_cli_train_unknown_key_exits_2(capsys):
+    code = main(["train", "--config", "minicity", "--set", "loss.lamda=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "loss.lamda" in err and "loss.tau" in err
+
+
+def test_cli_train_and_resume(tiny_config, tiny_minicity, tmp_path, capsys):
+    import yaml
+
+    from cosalign.config import to_dict
+
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(tiny_config)))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_file), "--method", "ours", "--out", str(run),
+                 "--quiet", "--set", "train.iters=3"]) == 0
+    assert main(["train", "--resume", str(run), "--quiet", "--set", "train.iters=6"]) == 0
+    out = capsys.readouterr()
+    assert "resuming" in out.err + out.out
+    assert load_checkpoint(list_checkpoints(run)[-1])["iteration"] == 6
+    assert "mIoU (minicity)" in out.out
+    json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
