@@ -114,3 +114,18 @@ def test_cli_train_and_resume(tiny_config, tiny_minicity, tmp_path, capsys):
     assert load_checkpoint(list_checkpoints(run)[-1])["iteration"] == 6
     assert "mIoU (minicity)" in out.out
     json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_tensorboard_gets_losses_lr_miou_and_pictures(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg.train.eval_every = 3
+    train(cfg, tmp_path, progress=False)
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    scalars = acc.Tags()["scalars"]
+    for tag in ("train/seg", "train/cos", "train/lr", "eval/miou/minicity"):
+        assert tag in scalars, (tag, scalars)
+    assert [e.step for e in acc.Scalars("eval/miou/minicity")] == [3, 6]
+    assert "val/0" in acc.Tags()["images"]

@@ -17,6 +17,7 @@ import random
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,8 @@ from tqdm import tqdm
 from cosalign.config import Config, LossConfig, from_dict, to_dict
 from cosalign.data import InfiniteSampler, build_dataset
 from cosalign.data.check import require_usable
-from cosalign.data.labels import IGNORE_INDEX, NUM_CLASSES
+from cosalign.data.labels import IGNORE_INDEX, NUM_CLASSES, colorize
+from cosalign.data.transforms import denormalize
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import (
     list_checkpoints,
@@ -206,6 +208,21 @@ def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
     return results
 
 
+@torch.no_grad()
+def _log_predictions(logger: Logger, model, val, it: int, device, n: int = 2) -> None:
+    """A few val images with their coloured prediction and ground truth, to TensorBoard."""
+    was_training = model.training
+    model.eval()
+    for i in range(min(n, len(val))):
+        sample = val[i]
+        label = sample["label"].numpy().astype(np.uint8)
+        logits = upsample_logits(model(sample["image"][None].to(device)).logits, label.shape)
+        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        image = cv2.resize(denormalize(sample["image"]), (label.shape[1], label.shape[0]))
+        logger.image(it, f"val/{i}", np.concatenate([image, colorize(pred), colorize(label)], 1))
+    model.train(was_training)
+
+
 def _state(it, model, dictionary, opt, discs, opt_d, scaler, cfg) -> dict:
     return {
         "iteration": it, "config": to_dict(cfg), "model": model.state_dict(),
@@ -317,6 +334,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
             results = evaluate(model, val, device, dictionary=dictionary, tau=cfg.loss.tau,
                                subsets=subsets, progress=progress and main)
             logger.log(it + 1, "eval", {k: v for k, v in results.items() if k != "confusion"})
+            if logger.tb is not None:
+                _log_predictions(logger, model, val, it + 1, device)
             if main:
                 tqdm.write(f"iter {it + 1}: mIoU ({subsets[0]}) {results['miou'][subsets[0]]:.2f}")
     logger.close()

@@ -31,6 +31,7 @@ class LoadReport:
     loaded: int
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # dropped on purpose (Caffe layer5, fc)
 
     def __str__(self) -> str:
         text = f"{self.kind}: loaded {self.loaded} tensors"
@@ -38,6 +39,8 @@ class LoadReport:
             text += f"; missing {len(self.missing)} (e.g. {self.missing[:3]})"
         if self.unexpected:
             text += f"; unexpected {len(self.unexpected)} (e.g. {self.unexpected[:3]})"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} by design (e.g. {self.skipped[:2]})"
         return text
 
 
@@ -53,28 +56,31 @@ def _read(path: Path) -> dict:
     return state
 
 
-def convert(state: dict) -> tuple[str, dict[str, torch.Tensor]]:
-    """Recognize a state dict and rename its keys to this project's model: (kind, state)."""
+def convert(state: dict) -> tuple[str, dict[str, torch.Tensor], list[str]]:
+    """Recognize a state dict and rename its keys to this project's model:
+    (kind, renamed state, keys dropped on purpose)."""
     if "model" in state and "config" in state:
-        return "cosalign checkpoint", state["model"]
+        return "cosalign checkpoint", state["model"], []
     keys = list(state)
     if any(k.startswith("Scale.") for k in keys):
+        skipped = [k for k in keys if k.startswith("Scale.layer5")]
         return "DeepLab ImageNet (Caffe) checkpoint", {
             "backbone." + k[len("Scale."):]: v for k, v in state.items()
-            if k.startswith("Scale.") and not k.startswith("Scale.layer5")
-        }
+            if k.startswith("Scale.") and k not in skipped
+        }, skipped
     if "conv1.weight" in state and any(k.startswith("layer4.") for k in keys):
+        skipped = [k for k in keys if k.startswith("fc.")]
         return "torchvision ResNet state dict", {
-            "backbone." + k: v for k, v in state.items() if not k.startswith("fc.")
-        }
-    return "unknown", {}
+            "backbone." + k: v for k, v in state.items() if k not in skipped
+        }, skipped
+    return "unknown", {}, []
 
 
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     """Load a weights file into ``model``; refuse a file that matches nothing or whose shapes
     disagree. Missing and unexpected keys are reported (and returned)."""
     path = Path(path)
-    kind, state = convert(_read(path))
+    kind, state, skipped = convert(_read(path))
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own}
     if not matched:
@@ -92,6 +98,7 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         kind, len(matched),
         missing=[k for k in own if k not in matched and not k.endswith("num_batches_tracked")],
         unexpected=[k for k in state if k not in own],
+        skipped=skipped,
     )
     if kind.startswith("torchvision"):
         warnings.warn(

@@ -1,0 +1,42 @@
+"""Mixed precision: bf16 autocast on the CPU, the loss normalizing in fp32."""
+
+import copy
+
+import pytest
+import torch
+
+from cosalign.engine.train import autocast_for, train
+from cosalign.losses import cosine_alignment
+from cosalign.models import DeepLabV2
+
+
+def test_loss_under_bf16_features_matches_fp32():
+    torch.manual_seed(0)
+    model = DeepLabV2(num_classes=19, depth=18, width=0.25, bn="train").eval()
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        f32 = model(x).features
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f16 = model(x).features
+    assert f16.dtype == torch.bfloat16
+    ref = torch.nn.functional.normalize(torch.randn(300, f32.shape[1]), dim=1)
+    a = cosine_alignment(f32, ref, tau=0.0)
+    b = cosine_alignment(f16, ref, tau=0.0)
+    assert b.loss.dtype == torch.float32  # normalized and reduced in fp32
+    assert b.loss.item() == pytest.approx(a.loss.item(), abs=2e-2)
+
+
+def test_bf16_training_run_is_finite_and_close(tiny_config, tmp_path):
+    cfg = copy.deepcopy(tiny_config)
+    cfg.train.amp = "none"
+    fp32 = train(cfg, tmp_path / "fp32", progress=False)
+    cfg.train.amp = "bf16"
+    bf16 = train(cfg, tmp_path / "bf16", progress=False)
+    assert abs(fp32["miou"]["minicity"] - bf16["miou"]["minicity"]) < 15
+
+
+def test_fp16_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        autocast_for("fp16", torch.device("cpu"))
