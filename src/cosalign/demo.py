@@ -20,7 +20,7 @@ import torch
 
 from cosalign.config import Config, apply_method, load_config, to_dict
 from cosalign.data import build_dataset
-from cosalign.data.minicity import make_minicity
+from cosalign.data.minicity import MiniCitySpec, make_minicity
 from cosalign.data.transforms import denormalize
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
 from cosalign.engine.evaluate import format_table, upsample_logits
@@ -52,10 +52,11 @@ def _predict(run_dir: Path, cfg: Config, samples: list[dict]) -> list[np.ndarray
 
 
 def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs/demo",
-             overrides: list[str] | None = None, progress: bool = True) -> dict:
+             overrides: list[str] | None = None, progress: bool = True,
+             spec: MiniCitySpec = MiniCitySpec()) -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    make_minicity(Path(data_dir), progress=progress)
+    make_minicity(Path(data_dir), spec, progress=progress)
     t_data = time.perf_counter() - t0
     cfg = minicity_config(data_dir, overrides)
     runs = {"source-only": apply_method(copy.deepcopy(cfg), "source_only"),
@@ -77,7 +78,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
         seconds[name] = time.perf_counter() - t
 
     subset = cfg.data.classes
-    table = format_table({k: v for k, v in results.items()}, subset)
+    table = format_table(results, subset)
     gain = results["ours"]["miou"][subset] - results["source-only"]["miou"][subset]
     print("\nMiniCity target val, per-class IoU (%):\n" + table)
     print(f"\ngain of ours over source-only: {gain:+.1f} mIoU")

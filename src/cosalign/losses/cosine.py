@@ -48,15 +48,15 @@ def _rows_per_chunk(m: int, chunk_bytes: int) -> int:
 @torch.no_grad()
 def _select_all(t: Tensor, r: Tensor, tau: float, chunk_bytes: int, dtype: torch.dtype):
     """G = [T R^T > tau] R (N, C) and the number of selected pairs, chunk by chunk."""
-    g = torch.zeros_like(t)
+    g = torch.empty_like(t)
     count = 0
     rows = _rows_per_chunk(r.shape[0], chunk_bytes)
     r_mm = r.to(dtype)
     for i in range(0, t.shape[0], rows):
         s = t[i : i + rows].to(dtype) @ r_mm.T  # (rows, M)
-        mask = s > tau
-        count += int(mask.sum())
-        g[i : i + rows] = mask.to(dtype) @ r_mm  # (rows, C)
+        s = s.gt_(tau)  # in place: 1.0 where selected, else 0.0
+        count += int(torch.count_nonzero(s))
+        g[i : i + rows] = s @ r_mm  # (rows, C)
     return g, count
 
 

@@ -1,0 +1,126 @@
+"""Cost of the cosine loss at paper scale: efficient vs plain autograd vs the matmul roofline.
+
+    .venv/bin/python benchmarks/loss_bench.py            # N=8385, C=2048, Q in 100 300 1000
+    .venv/bin/python benchmarks/loss_bench.py --quick    # a smaller case, seconds
+
+Each (implementation, match, Q) case runs forward + backward in a fresh subprocess, so that its
+peak resident memory above the inputs ("extra memory") is its own. The roofline time is the
+FLOPs the case needs divided by the matrix-multiply rate measured on this machine in the same
+run: match=all needs two N x M x C products (S = T R^T, then G = mask R), match=max one.
+Also prints how the efficient time grows with N and with M (it should be linear in both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_case(impl: str, match: str, n: int, m: int, c: int, dtype: str, repeat: int) -> dict:
+    """One case in this process: best time of ``repeat`` fwd+bwd and peak extra memory (MB)."""
+    from cosalign.losses.cosine import cosine_alignment, cosine_alignment_plain
+
+    torch.manual_seed(0)
+    f_t = torch.randn(1, c, 1, n)
+    ref = torch.nn.functional.normalize(torch.randn(m, c), dim=1)
+    tau = 0.02  # selects ~15% of pairs of random 2048-d vectors, like mid-training S
+    mm = torch.bfloat16 if dtype == "bf16" else None
+    base = _rss_mb()
+    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for _ in range(repeat):
+        x = f_t.clone().requires_grad_()
+        t0 = time.perf_counter()
+        if impl == "plain":
+            loss = cosine_alignment_plain(x, ref, tau=tau, match=match)
+        else:
+            loss = cosine_alignment(x, ref, tau=tau, match=match, matmul_dtype=mm).loss
+        loss.backward()
+        times.append(time.perf_counter() - t0)
+        del x, loss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"sec": min(times), "extra_mb": max(peak, peak0) - base}
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> float:
+    """Achieved FLOP/s of a size^3 matrix product on this machine."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def _subprocess(impl, match, n, m, c, dtype, repeat) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, 'benchmarks'); import loss_bench; "
+            f"print(json.dumps(loss_bench.run_case({impl!r}, {match!r}, {n}, {m}, {c}, "
+            f"{dtype!r}, {repeat})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="N=2048, C=512, Q in 100 300")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--no-bf16", action="store_true")
+    args = p.parse_args()
+    n, c, qs = (2048, 512, (100, 300)) if args.quick else (8385, 2048, (100, 300, 1000))
+    k = 19
+    torch.set_num_threads(torch.get_num_threads())
+    rate32 = matmul_rate(torch.float32)
+    rate16 = matmul_rate(torch.bfloat16)
+    print(f"# loss_bench: N={n} C={c} K={k}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matmul rate: fp32 {rate32 / 1e9:.0f} GFLOP/s, bf16 {rate16 / 1e9:.0f} GFLOP/s\n")
+    print("| match | Q | M | plain s | plain MB | efficient s | efficient MB | roofline s "
+          "| eff/plain time | eff/roofline | eff/plain memory | bf16 s | bf16/roofline(bf16) |")
+    print("|---" * 13 + "|")
+    rows = []
+    for match in ("all", "max"):
+        for q in qs:
+            m = k * q
+            flops = (2 if match == "all" else 1) * 2 * n * m * c
+            plain = _subprocess("plain", match, n, m, c, "fp32", args.repeat)
+            eff = _subprocess("efficient", match, n, m, c, "fp32", args.repeat)
+            bf = None if args.no_bf16 else _subprocess("efficient", match, n, m, c, "bf16",
+                                                       args.repeat)
+            roof, roof16 = flops / rate32, flops / rate16
+            row = dict(match=match, q=q, m=m, plain=plain, eff=eff, bf16=bf, roofline=roof)
+            rows.append(row)
+            bf_txt = "-" if bf is None else f"{bf['sec']:.2f} | {bf['sec'] / roof16:.2f}x"
+            print(f"| {match} | {q} | {m} | {plain['sec']:.2f} | {plain['extra_mb']:.0f} | "
+                  f"{eff['sec']:.2f} | {eff['extra_mb']:.0f} | {roof:.2f} | "
+                  f"{eff['sec'] / plain['sec']:.2f}x | {eff['sec'] / roof:.2f}x | "
+                  f"{eff['extra_mb'] / max(plain['extra_mb'], 1):.3f} | {bf_txt} |", flush=True)
+    print("\nscaling of the efficient loss (match=all, fp32): time vs N and vs M")
+    print("| N | M | s | s / (N M) relative to the first row |")
+    print("|---|---|---|---|")
+    base = None
+    for nn, mm in ((n // 4, k * qs[0]), (n // 2, k * qs[0]), (n, k * qs[0]), (n, k * qs[-1])):
+        r = _subprocess("efficient", "all", nn, mm, c, "fp32", args.repeat)
+        per = r["sec"] / (nn * mm)
+        base = base or per
+        print(f"| {nn} | {mm} | {r['sec']:.3f} | {per / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

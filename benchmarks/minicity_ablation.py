@@ -1,0 +1,226 @@
+"""The MiniCity ablation that sets the method's defaults (docs/results/minicity.md).
+
+    .venv/bin/python benchmarks/minicity_ablation.py sweep     # stage 1, seed 0, ~40 min
+    .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~30 min
+    .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
+
+Protocol. Every run trains ``train.iters`` iterations of the MiniCity preset. Adaptation starts
+from a source-only warm-up at ``loss.start_iter`` (or from scratch, start_iter 0); the warm-up
+checkpoints of a seed are trained once and every variant branches off them, so a variant and
+source-only share everything up to the branch point.
+
+Selection is kept apart from the reported numbers:
+- stage 1 (``sweep``) scores every variant on a *selection split*: the last 100 images of the
+  target train split with their labels (labels that training never reads), seed 0;
+- stage 2 (``methods``) trains source-only, MinEnt, ours and ours + MinEnt with the chosen
+  defaults on seeds 1, 2, 3 (not used for selection) and scores them on target val.
+Results are cached per run under runs/ablation, so an interrupted ablation continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cosalign.config import apply_method
+from cosalign.data import build_dataset
+from cosalign.data.minicity import make_minicity
+from cosalign.demo import minicity_config
+from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
+from cosalign.engine.train import train
+from cosalign.losses import ClassFeatureDictionary
+from cosalign.losses.cosine import flatten_normalized
+from cosalign.models import build_model
+
+DATA = Path("data/minicity")
+OUT = Path("runs/ablation")
+WARMUPS = (250, 500, 750)
+
+
+def base_overrides() -> list[str]:
+    return []  # the preset's loss section is the baseline "ours" of the sweep
+
+
+def selection_overrides() -> list[str]:
+    split = OUT / "select.txt"
+    images = sorted((DATA / "cityscapes" / "leftImg8bit" / "train").glob("*/*.png"))
+    split.parent.mkdir(parents=True, exist_ok=True)
+    split.write_text("\n".join(f"{p.parent.name}/{p.name}" for p in images[-100:]) + "\n")
+    return ["data.val.split=train", f"data.val.list_file={split}"]
+
+
+def warmup(seed: int, extra: list[str]) -> Path:
+    """Source-only checkpoints at every warm-up iteration for this seed."""
+    run = OUT / f"seed{seed}" / "warmup"
+    have = {int(p.stem.split("_")[1]) for p in list_checkpoints(run)}
+    if not set(WARMUPS) <= have:
+        cfg = apply_method(minicity_config(DATA, [f"train.seed={seed}", *extra]), "source_only")
+        cfg.train.checkpoint_every, cfg.train.keep_checkpoints = WARMUPS[0], 100
+        train(cfg, run, progress=False, stop_at=max(WARMUPS))
+    return run
+
+
+def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
+                method: str = "ours") -> dict:
+    """Train one variant (branching off the warm-up) and cache its results."""
+    run = OUT / f"seed{seed}" / name
+    done = run / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = apply_method(minicity_config(DATA, [f"train.seed={seed}", *extra, *overrides]), method)
+    shutil.rmtree(run, ignore_errors=True)
+    start = cfg.loss.start_iter if method.startswith("ours") else 500
+    if start > 0:
+        ckpt = warmup(seed, extra) / f"ckpt_{start:07d}.pt"
+        run.mkdir(parents=True)
+        shutil.copy(ckpt, run)
+    t0 = time.perf_counter()
+    results = train(cfg, run, progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["kind"] == "train"][-1]
+    out = {
+        "name": name, "seed": seed, "overrides": overrides, "method": method,
+        "miou": results["miou"][cfg.data.classes], "iou": results["iou"],
+        "premise": results["premise"], "seconds": time.perf_counter() - t0,
+        "train_end": {k: last[k] for k in ("cos", "selected", "pair_cos", "eff_rank", "s_q50",
+                                           "s_q90", "s_q99") if k in last},
+    }
+    for p in list_checkpoints(run):  # keep the results, not the weights
+        p.unlink()
+    done.write_text(json.dumps(out, indent=1))
+    print(f"seed {seed} {name}: mIoU {out['miou']:.2f} ({out['seconds']:.0f} s)", flush=True)
+    return out
+
+
+@torch.no_grad()
+def similarity_quantiles(warmup_run: Path, seed: int, extra: list[str],
+                         start: int = 500) -> dict[str, float]:
+    """Quantiles of S between target-train features and the dictionary at the warm-up
+    checkpoint: where thresholds tau are placed."""
+    state = load_checkpoint(warmup_run / f"ckpt_{start:07d}.pt")
+    cfg = minicity_config(DATA, [f"train.seed={seed}", *extra])
+    model = build_model(cfg.model, 19)
+    model.load_state_dict(state["model"])
+    model.eval()
+    d = ClassFeatureDictionary(19, cfg.loss.capacity, model.feature_dim, cfg.loss.per_image)
+    d.load_state_dict(state["dictionary"])
+    ref, _ = d.reference()
+    ds = build_dataset(cfg.data.target, cfg.data, train=False, labels=False)
+    sims = []
+    for i in range(0, len(ds), 25):
+        t = flatten_normalized(model(ds[i]["image"][None]).features)
+        sims.append((t @ ref.T).flatten()[::7])
+    s = torch.cat(sims)
+    qs = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+    return {f"q{int(q * 100)}": float(v) for q, v in zip(qs, torch.quantile(s, torch.tensor(qs)))}
+
+
+def sweep_variants(quantiles: dict[str, float]) -> dict[str, list[str]]:
+    """One factor at a time around the preset's loss section."""
+    v: dict[str, list[str]] = {"baseline": []}
+    for lam in (0.001, 0.01, 0.1, 1.0):
+        v[f"lambda={lam:g}"] = [f"loss.cos={lam}"]
+    for q, tau in quantiles.items():
+        v[f"tau={tau:.2f} ({q} of S)"] = [f"loss.tau={tau:.3f}"]
+    v["match=max"] = ["loss.match=max"]
+    v["match=all"] = ["loss.match=all"]
+    v["class_restrict=none"] = ["loss.class_restrict=none"]
+    v["class_restrict=pseudo"] = ["loss.class_restrict=pseudo"]
+    v["reference=batch"] = ["loss.reference=batch"]
+    for q in (50, 200, 1000):
+        v[f"Q={q}"] = [f"loss.capacity={q}"]
+    for q in (1, 16):
+        v[f"per_image={q}"] = [f"loss.per_image={q}"]
+    v["enqueue=mean"] = ["loss.enqueue=mean"]
+    v["features=layer4_pre"] = ["model.feature_layer=layer4_pre"]
+    v["features=layer3"] = ["model.feature_layer=layer3"]
+    for s in (0, *WARMUPS):
+        v[f"start_iter={s}"] = [f"loss.start_iter={s}"]
+    return v
+
+
+REFERENCE_METHODS = {  # name: (method, overrides)
+    "source-only": ("source_only", []),
+    "MinEnt (1e-3, ADVENT)": ("minent", []),
+    "MinEnt (1e-2)": ("minent", ["loss.ent=0.01", "loss.ent_aux=0.002"]),
+    "MinEnt (1e-1)": ("minent", ["loss.ent=0.1", "loss.ent_aux=0.02"]),
+}
+
+
+def cmd_sweep(args) -> None:
+    extra = selection_overrides()
+    q = similarity_quantiles(warmup(0, extra), 0, extra)
+    (OUT / "quantiles.json").write_text(json.dumps(q, indent=1))
+    print("S quantiles at the warm-up:", {k: round(v, 3) for k, v in q.items()}, flush=True)
+    for name, (method, overrides) in REFERENCE_METHODS.items():
+        run_variant(0, name, overrides, extra, method)
+    for name, overrides in sweep_variants(q).items():
+        run_variant(0, name, overrides, extra)
+    cmd_report(args)
+
+
+def cmd_methods(args) -> None:
+    for seed in (1, 2, 3):
+        for name, (method, overrides) in {**REFERENCE_METHODS,
+                                          "ours": ("ours", []),
+                                          "ours + MinEnt": ("ours_minent", [])}.items():
+            run_variant(seed, f"final {name}", overrides, [], method)
+    cmd_report(args)
+
+
+def _load(seed_dirs) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in seed_dirs:
+        for f in sorted(d.glob("*/done.json")):
+            r = json.loads(f.read_text())
+            out.setdefault(r["name"], []).append(r)
+    return out
+
+
+def cmd_report(args) -> None:
+    runs = _load(sorted(OUT.glob("seed*")))
+    sweep = {k: v for k, v in runs.items() if not k.startswith("final ")}
+    final = {k[len("final "):]: v for k, v in runs.items() if k.startswith("final ")}
+    if sweep:
+        base = statistics.mean(r["miou"] for r in sweep.get("source-only", [{"miou": np.nan}]))
+        print("\n### Stage 1: sweep (seed 0, selection split: 100 labelled target-train images)\n")
+        print("| variant | mIoU | vs source-only | NN acc. | selected | pair cos | eff. rank |")
+        print("|---|---|---|---|---|---|---|")
+        for name, rs in sweep.items():
+            r = rs[0]
+            te, pr = r["train_end"], r["premise"]
+            print(f"| {name} | {r['miou']:.2f} | {r['miou'] - base:+.2f} | "
+                  f"{pr.get('nn_accuracy', float('nan')):.1f} | "
+                  f"{100 * te.get('selected', float('nan')):.1f}% | "
+                  f"{te.get('pair_cos', float('nan')):.2f} | "
+                  f"{te.get('eff_rank', float('nan')):.1f} |")
+    if final:
+        print("\n### Stage 2: methods, seeds 1-3, MiniCity target val (100 images)\n")
+        print("| method | seed 1 | seed 2 | seed 3 | mean | std |")
+        print("|---|---|---|---|---|---|")
+        for name, rs in final.items():
+            vals = [r["miou"] for r in sorted(rs, key=lambda r: r["seed"])]
+            std = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+            cells = " | ".join(f"{v:.2f}" for v in vals) + " | -" * (3 - len(vals))
+            print(f"| {name} | {cells} | {statistics.mean(vals):.2f} | {std:.2f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=["sweep", "methods", "report"])
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    make_minicity(DATA)
+    {"sweep": cmd_sweep, "methods": cmd_methods, "report": cmd_report}[args.stage](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

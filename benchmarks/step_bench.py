@@ -1,0 +1,92 @@
+"""Cost of adaptation per training step: source-only vs MinEnt vs ours, in one run.
+
+    .venv/bin/python benchmarks/step_bench.py            # MiniCity scale and ResNet-101 scale
+    .venv/bin/python benchmarks/step_bench.py --quick    # MiniCity scale only
+
+Every step is the real ``train_step`` on random tensors of the benchmark's shapes (no data
+loading), methods interleaved round-robin so that machine noise hits them alike; the median of
+the repeats is reported. Source-only runs the network on the source batch only; MinEnt and ours
+also run it on the target batch, so ours/MinEnt isolates the cost of the cosine loss and the
+dictionary, and ours/source-only is the whole cost of adapting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from cosalign.config import apply_method, load_config
+from cosalign.engine.train import autocast_for, train_step
+from cosalign.losses import ClassFeatureDictionary
+from cosalign.models import build_model
+
+SCALES = {
+    # name: (config preset overrides, source (H, W), target (H, W))
+    "MiniCity (R18 x1/4, 8+8 images, 108x192 / 96x192, bf16)": (
+        "minicity", [], (108, 192), (96, 192)),
+    "ResNet-101 (1+1 images, 360x640 / 256x512, fp32)": (
+        "gta5_to_cityscapes", ["model.weights=null"], (360, 640), (256, 512)),
+}
+
+
+def bench(preset: str, overrides: list[str], size_s, size_t, qs, repeat: int) -> list[tuple]:
+    base = load_config(preset, overrides)
+    device = torch.device("cpu")
+    b = base.data.batch_size
+    x_s, x_t = torch.randn(b, 3, *size_s), torch.randn(b, 3, *size_t)
+    y_s = torch.randint(0, 19, (b, *size_s))
+    runs = {"source-only": apply_method(copy.deepcopy(base), "source_only"),
+            "MinEnt": apply_method(copy.deepcopy(base), "minent")}
+    for q in qs:
+        cfg = copy.deepcopy(base)
+        cfg.loss.cos, cfg.loss.capacity = cfg.loss.cos or 0.01, q
+        runs[f"ours Q={q}"] = cfg
+    state = {}
+    for name, cfg in runs.items():
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 19).to(device).train()
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        d = ClassFeatureDictionary(19, cfg.loss.capacity, model.feature_dim, cfg.loss.per_image)
+        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.loss.capacity,
+                                                         model.feature_dim), dim=1),
+               torch.arange(19).repeat_interleave(cfg.loss.capacity))  # a full dictionary
+        opt = torch.optim.SGD(model.param_groups(1e-4), lr=1e-4, momentum=0.9)
+        state[name] = (cfg, model, d, opt, autocast_for(cfg.train.amp, device))
+    times = {name: [] for name in runs}
+    for it in range(repeat + 1):
+        for name, (cfg, model, d, opt, ac) in state.items():
+            t0 = time.perf_counter()
+            train_step(model, {"image": x_s, "label": y_s}, {"image": x_t}, 10**6, cfg.loss, d,
+                       opt, autocast=ac)
+            if it > 0:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    ref = statistics.median(times["source-only"])
+    minent = statistics.median(times["MinEnt"])
+    return [(name, statistics.median(t), statistics.median(t) / ref, statistics.median(t) / minent)
+            for name, t in times.items()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeat", type=int, default=10)
+    args = p.parse_args()
+    print(f"# step_bench: {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for title, (preset, overrides, size_s, size_t) in SCALES.items():
+        if args.quick and not preset == "minicity":
+            continue
+        qs = (50, 200, 1000) if preset == "minicity" else (100, 1000)
+        repeat = args.repeat if preset == "minicity" else max(2, args.repeat // 4)
+        print(f"\n## {title}\n")
+        print("| method | s / step | / source-only | / MinEnt |\n|---|---|---|---|")
+        for name, sec, r_so, r_me in bench(preset, overrides, size_s, size_t, qs, repeat):
+            print(f"| {name} | {sec:.3f} | {r_so:.2f}x | {r_me:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

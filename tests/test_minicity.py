@@ -1,0 +1,85 @@
+"""MiniCity: deterministic, written in the real formats, read through the real readers."""
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from cosalign.data import dataset_pairs
+from cosalign.data.check import check_dataset
+from cosalign.data.cityscapes import read_cityscapes_label
+from cosalign.data.gta5 import read_gta5_label
+from cosalign.data.labels import CLASS_SUBSETS
+from cosalign.data.minicity import MiniCitySpec, make_minicity
+from cosalign.data.minicity_render import FOG, GAME, PHOTO, render
+from cosalign.data.minicity_scene import sample_scene
+from tests.conftest import TINY
+
+
+def _digest(root):
+    h = hashlib.sha1()
+    for p in sorted(root.rglob("*.png")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes(tmp_path):
+    spec = dataclasses.replace(TINY, num_source=3, num_source_val=1, num_target_train=2,
+                               num_target_val=1)
+    make_minicity(tmp_path / "a", spec, workers=1, progress=False)
+    make_minicity(tmp_path / "b", spec, workers=2, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert not make_minicity(tmp_path / "a", spec, progress=False)  # cached: nothing written
+    other = dataclasses.replace(spec, seed=spec.seed + 1)
+    assert make_minicity(tmp_path / "a", other, workers=1, progress=False)
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "b")
+
+
+def test_trees_are_gta5_and_cityscapes(tiny_minicity):
+    src = dataset_pairs("gta5", tiny_minicity / "gta5",
+                        list_file=tiny_minicity / "gta5" / "train.txt")
+    assert len(src) == TINY.num_source - TINY.num_source_val
+    assert len(dataset_pairs("gta5", tiny_minicity / "gta5",
+                             list_file=tiny_minicity / "gta5" / "val.txt")) == TINY.num_source_val
+    val = dataset_pairs("cityscapes", tiny_minicity / "cityscapes", "val")
+    assert len(val) == TINY.num_target_val
+    assert len(dataset_pairs("cityscapes", tiny_minicity / "cityscapes", "train")) == 8
+    present = set()
+    for _, label in src:
+        present |= set(np.unique(read_gta5_label(label)).tolist())
+    for _, label in val:
+        y = read_cityscapes_label(label)
+        assert y.shape == (TINY.target_size[1], TINY.target_size[0])
+        present |= set(np.unique(y).tolist())
+    assert present - {255} <= set(CLASS_SUBSETS["minicity"])
+    assert {0, 1, 2, 10} <= present  # road, sidewalk, building, sky in every street
+    for dataset, root, split in (("gta5", tiny_minicity / "gta5", "train"),
+                                 ("cityscapes", tiny_minicity / "cityscapes", "val")):
+        assert check_dataset(root, dataset, split, progress=False).usable
+
+
+def test_target_has_ego_vehicle_ignored_and_photo_textures():
+    rng = np.random.default_rng(0)
+    cam, surfaces = sample_scene(rng, 160, 80)
+    game, y_game = render(cam, surfaces, GAME, np.random.default_rng(1))
+    photo, y_photo = render(cam, surfaces, PHOTO, np.random.default_rng(1))
+    assert (y_photo[-2:] == 1).all() and (y_game[-2:] != 1).all()  # ego vehicle id 1 -> ignore
+    # flat colours vs textured, noisy surfaces: neighbouring road pixels differ in the photo
+    road = (y_game[:, 1:] == 7) & (y_game[:, :-1] == 7)
+
+    def roughness(img):
+        return np.abs(np.diff(img.astype(float), axis=1)).sum(-1)[road].mean()
+
+    assert roughness(photo) > 5 * roughness(game)
+    fog, _ = render(cam, surfaces, FOG, np.random.default_rng(1))
+    far = y_photo == 11  # buildings: fog pulls them towards the fog colour
+    to_fog = lambda img: np.abs(img[far].astype(float) - FOG.fog_color).mean()  # noqa: E731
+    assert to_fog(fog) < 0.8 * to_fog(photo)
+
+
+def test_styles_are_arguments(tmp_path):
+    spec = MiniCitySpec(num_source=1, num_source_val=0, num_target_train=1, num_target_val=1,
+                        source_size=(64, 36), target_size=(64, 32), target_style=FOG)
+    make_minicity(tmp_path, spec, workers=1, progress=False)
+    assert len(list((tmp_path / "cityscapes" / "leftImg8bit").rglob("*.png"))) == 2
