@@ -1,0 +1,97 @@
+"""Checkpoints: atomic writes, the last K kept, clear errors, and resume after a kill."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from cosalign.config import to_dict
+from cosalign.engine import checkpoint as ck
+from cosalign.engine.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _state(i):
+    return {"model": {"w": torch.full((3,), float(i))}, "config": {}, "iteration": i}
+
+
+def test_keeps_the_last_k(tmp_path):
+    for i in range(1, 6):
+        save_checkpoint(_state(i), tmp_path, i, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000004.pt", "ckpt_0000005.pt"]
+
+
+def test_failed_write_leaves_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    save_checkpoint(_state(1), tmp_path, 1)
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(_state(2), tmp_path, 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_0000001.pt"]
+    assert load_checkpoint(tmp_path / "ckpt_0000001.pt")["iteration"] == 1
+
+
+def test_corrupt_and_foreign_files_give_clear_errors(tmp_path):
+    path = save_checkpoint(_state(1), tmp_path, 1)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="ckpt_0000001.pt: cannot load checkpoint"):
+        load_checkpoint(path)
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(CheckpointError, match="not a cosalign checkpoint.*conv1.weight"):
+        load_checkpoint(foreign)
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    state = ck.rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ck.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_killed_process_resumes_to_the_same_weights(tiny_config, tmp_path):
+    """Kill -9 a training process after its first checkpoint; resuming reaches the weights of
+    an uninterrupted run (deterministic CPU)."""
+    cfg = copy.deepcopy(tiny_config)
+    cfg.train.deterministic = True
+    cfg.train.iters, cfg.optim.schedule_iters, cfg.train.checkpoint_every = 24, 24, 4
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    cmd = [sys.executable, "-m", "cosalign.cli", "train", "--config", str(cfg_file), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    subprocess.run(cmd + ["--out", str(tmp_path / "straight")], check=True, env=env,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(run)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "ckpt_0000004.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run / "ckpt_0000004.pt").exists()
+    assert not (run / "ckpt_0000024.pt").exists(), "the process finished before the kill"
+    subprocess.run(cmd + ["--resume", str(run)], check=True, env=env, capture_output=True)
+    a = load_checkpoint(list_checkpoints(tmp_path / "straight")[-1])
+    b = load_checkpoint(list_checkpoints(run)[-1])
+    assert a["iteration"] == b["iteration"] == 24
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], atol=1e-6, rtol=0)
