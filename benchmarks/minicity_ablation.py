@@ -20,6 +20,7 @@ Results are cached per run under runs/ablation, so an interrupted ablation conti
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import statistics
@@ -30,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import apply_method
 from cosalign.data import build_dataset
 from cosalign.data.minicity import make_minicity
 from cosalign.demo import minicity_config
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
-from cosalign.engine.train import train
+from cosalign.engine.train import evaluate, train
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.losses.cosine import flatten_normalized
 from cosalign.models import build_model
@@ -62,22 +62,24 @@ def warmup(seed: int, extra: list[str]) -> Path:
     run = OUT / f"seed{seed}" / "warmup"
     have = {int(p.stem.split("_")[1]) for p in list_checkpoints(run)}
     if not set(WARMUPS) <= have:
-        cfg = apply_method(minicity_config(DATA, [f"train.seed={seed}", *extra]), "source_only")
+        cfg = minicity_config(DATA, [f"train.seed={seed}", *extra], "source_only")
         cfg.train.checkpoint_every, cfg.train.keep_checkpoints = WARMUPS[0], 100
         train(cfg, run, progress=False, stop_at=max(WARMUPS))
     return run
 
 
 def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
-                method: str = "ours") -> dict:
-    """Train one variant (branching off the warm-up) and cache its results."""
+                method: str = "ours", from_scratch: bool = False,
+                source_val: bool = False) -> dict:
+    """Train one variant and cache its results. It branches off the seed's warm-up at
+    ``loss.start_iter`` (ours) or at 500 (the other methods) unless ``from_scratch``."""
     run = OUT / f"seed{seed}" / name
     done = run / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = apply_method(minicity_config(DATA, [f"train.seed={seed}", *extra, *overrides]), method)
+    cfg = minicity_config(DATA, [f"train.seed={seed}", *extra, *overrides], method)
     shutil.rmtree(run, ignore_errors=True)
-    start = cfg.loss.start_iter if method.startswith("ours") else 500
+    start = 0 if from_scratch else cfg.loss.start_iter if method.startswith("ours") else 500
     if start > 0:
         ckpt = warmup(seed, extra) / f"ckpt_{start:07d}.pt"
         run.mkdir(parents=True)
@@ -93,11 +95,24 @@ def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
         "train_end": {k: last[k] for k in ("cos", "selected", "pair_cos", "eff_rank", "s_q50",
                                            "s_q90", "s_q99") if k in last},
     }
+    if source_val:
+        out["source_val_miou"] = source_val_miou(run, cfg)
     for p in list_checkpoints(run):  # keep the results, not the weights
         p.unlink()
     done.write_text(json.dumps(out, indent=1))
     print(f"seed {seed} {name}: mIoU {out['miou']:.2f} ({out['seconds']:.0f} s)", flush=True)
     return out
+
+
+def source_val_miou(run: Path, cfg) -> float:
+    """mIoU of a run's last checkpoint on the source val split (gta5/val.txt)."""
+    model = build_model(cfg.model, 19)
+    model.load_state_dict(load_checkpoint(list_checkpoints(run)[-1])["model"])
+    src_val = copy.deepcopy(cfg.data.source)
+    src_val.list_file = str(DATA / "gta5" / "val.txt")
+    ds = build_dataset(src_val, cfg.data, train=False)
+    r = evaluate(model, ds, torch.device("cpu"), subsets=[cfg.data.classes], progress=False)
+    return r["miou"][cfg.data.classes]
 
 
 @torch.no_grad()
@@ -167,6 +182,24 @@ def cmd_sweep(args) -> None:
     cmd_report(args)
 
 
+GAP_RUNS = {  # name: (method, overrides); all from scratch, 1000 iterations
+    "gap: source-only": ("source_only", []),
+    "gap: source-only, no photometric jitter": ("source_only", ["data.source.photometric=0"]),
+    "gap: target-trained oracle": ("source_only", [
+        "data.source.dataset=cityscapes", f"data.source.root={DATA / 'cityscapes'}",
+        "data.source.list_file=null", "data.source.size=[192, 96]"]),
+}
+
+
+def cmd_gap(args) -> None:
+    """How large the domain gap is and whether the method's premise holds (target val)."""
+    for seed in (1, 2, 3):
+        for name, (method, overrides) in GAP_RUNS.items():
+            run_variant(seed, name, overrides, [], method, from_scratch=True,
+                        source_val=not name.endswith("oracle"))
+    cmd_report(args)
+
+
 def cmd_methods(args) -> None:
     for seed in (1, 2, 3):
         for name, (method, overrides) in {**REFERENCE_METHODS,
@@ -187,8 +220,9 @@ def _load(seed_dirs) -> dict[str, list[dict]]:
 
 def cmd_report(args) -> None:
     runs = _load(sorted(OUT.glob("seed*")))
-    sweep = {k: v for k, v in runs.items() if not k.startswith("final ")}
+    sweep = {k: v for k, v in runs.items() if not k.startswith(("final ", "gap: "))}
     final = {k[len("final "):]: v for k, v in runs.items() if k.startswith("final ")}
+    gap = {k[len("gap: "):]: v for k, v in runs.items() if k.startswith("gap: ")}
     if sweep:
         base = statistics.mean(r["miou"] for r in sweep.get("source-only", [{"miou": np.nan}]))
         print("\n### Stage 1: sweep (seed 0, selection split: 100 labelled target-train images)\n")
@@ -202,6 +236,8 @@ def cmd_report(args) -> None:
                   f"{100 * te.get('selected', float('nan')):.1f}% | "
                   f"{te.get('pair_cos', float('nan')):.2f} | "
                   f"{te.get('eff_rank', float('nan')):.1f} |")
+    if gap:
+        _gap_report(gap)
     if final:
         print("\n### Stage 2: methods, seeds 1-3, MiniCity target val (100 images)\n")
         print("| method | seed 1 | seed 2 | seed 3 | mean | std |")
@@ -213,13 +249,32 @@ def cmd_report(args) -> None:
             print(f"| {name} | {cells} | {statistics.mean(vals):.2f} | {std:.2f} |")
 
 
+def _gap_report(gap: dict[str, list[dict]]) -> None:
+    print("\n### The gap and the premise (from scratch, seeds 1-3, MiniCity target val)\n")
+    print("| model | target val mIoU | source val mIoU | NN class acc. (chance) | "
+          "S same-class | S different-class |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in gap.items():
+        def ms(key, sub=None, rs=rs):
+            vals = [(r[sub] if sub else r).get(key) for r in rs]
+            vals = [v for v in vals if v is not None]
+            if not vals:
+                return "-"
+            return f"{statistics.mean(vals):.2f} ± {statistics.pstdev(vals):.2f}"
+        chance = rs[0]["premise"].get("nn_chance", float("nan"))
+        print(f"| {name} | {ms('miou')} | {ms('source_val_miou')} | "
+              f"{ms('nn_accuracy', 'premise')} ({chance:.0f}) | {ms('s_same', 'premise')} | "
+              f"{ms('s_diff', 'premise')} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=["sweep", "methods", "report"])
+    p.add_argument("stage", choices=["sweep", "gap", "methods", "report"])
     args = p.parse_args()
     torch.set_num_threads(2)
     make_minicity(DATA)
-    {"sweep": cmd_sweep, "methods": cmd_methods, "report": cmd_report}[args.stage](args)
+    {"sweep": cmd_sweep, "gap": cmd_gap, "methods": cmd_methods,
+     "report": cmd_report}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,8 @@ def test_methods_set_loss_weights():
     assert ours.loss.cos == load_config("minicity").loss.cos > 0
     with pytest.raises(ConfigError, match="unknown method"):
         apply_method(load_config("minicity"), "dacs")
+
+
+def test_overrides_win_over_the_method():
+    cfg = load_config("minicity", ["loss.ent=0.01"], method="minent")
+    assert cfg.loss.ent == 0.01 and cfg.loss.ent_aux == 2e-4

@@ -29,7 +29,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cosalign.config import apply_method, load_config
+    from cosalign.config import load_config
     from cosalign.engine import distributed
     from cosalign.engine.evaluate import format_table
     from cosalign.engine.train import train
@@ -43,9 +43,7 @@ def cmd_train(args) -> int:
     if config is None:
         raise ConfigError("--config is required (a YAML file or a preset: minicity, "
                           "gta5_to_cityscapes, synthia_to_cityscapes)")
-    cfg = load_config(config, args.set)
-    if args.method:
-        cfg = apply_method(cfg, args.method)
+    cfg = load_config(config, args.set, method=args.method)
     if not args.resume and not args.out:
         run_dir = Path("runs") / f"{Path(config).stem}_{args.method or 'default'}"
     results = train(cfg, run_dir, progress=not args.quiet)

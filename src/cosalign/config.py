@@ -216,8 +216,10 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"{name_or_path}: no such config file or preset (presets: {names})")
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (or preset name), then ``key=value`` overrides."""
+def load_config(path: str | None = None, overrides: list[str] | None = None,
+                method: str | None = None) -> Config:
+    """Defaults, then the YAML file (or preset name), then the loss weights of ``method``, then
+    ``key=value`` overrides (so ``--set loss.ent=0.01`` wins over ``--method minent``)."""
     cfg = Config()
     if path is not None:
         file = resolve_preset(path)
@@ -232,6 +234,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                 set_key(cfg, key, value)
             except ConfigError as e:
                 raise ConfigError(f"{file}: {e}") from None
+    if method is not None:
+        apply_method(cfg, method)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.tau=0.6")

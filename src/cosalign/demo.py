@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import Config, apply_method, load_config, to_dict
+from cosalign.config import Config, load_config, to_dict
 from cosalign.data import build_dataset
 from cosalign.data.minicity import MiniCitySpec, make_minicity
 from cosalign.data.transforms import denormalize
@@ -29,14 +28,15 @@ from cosalign.models import build_model
 from cosalign.viz import comparison_figure
 
 
-def minicity_config(data_dir: str | Path, overrides: list[str] | None = None) -> Config:
+def minicity_config(data_dir: str | Path, overrides: list[str] | None = None,
+                    method: str | None = None) -> Config:
     """The MiniCity preset with its dataset roots under ``data_dir``."""
     d = Path(data_dir)
     return load_config("minicity", [
         f"data.source.root={d / 'gta5'}", f"data.source.list_file={d / 'gta5' / 'train.txt'}",
         f"data.target.root={d / 'cityscapes'}", f"data.val.root={d / 'cityscapes'}",
         *(overrides or []),
-    ])
+    ], method=method)
 
 
 def _predict(run_dir: Path, cfg: Config, samples: list[dict]) -> list[np.ndarray]:
@@ -59,8 +59,8 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
     make_minicity(Path(data_dir), spec, progress=progress)
     t_data = time.perf_counter() - t0
     cfg = minicity_config(data_dir, overrides)
-    runs = {"source-only": apply_method(copy.deepcopy(cfg), "source_only"),
-            "ours": apply_method(copy.deepcopy(cfg), "ours")}
+    runs = {"source-only": minicity_config(data_dir, overrides, "source_only"),
+            "ours": minicity_config(data_dir, overrides, "ours")}
     dirs = {name: out_dir / name.replace("-", "_") for name in runs}
     for d in dirs.values():  # a fresh demo each time
         shutil.rmtree(d, ignore_errors=True)
