@@ -41,37 +41,33 @@ def flatten_normalized(f: Tensor) -> Tensor:
     return F.normalize(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), dim=1)
 
 
-def _rows_per_chunk(m: int, chunk_bytes: int) -> int:
-    return max(1, chunk_bytes // (4 * max(m, 1)))
+def _select_all(s: Tensor, r: Tensor, r_mm: Tensor, tau: float) -> tuple[Tensor, int]:
+    """Rows of G = [S > tau] R for one chunk of S (rows, M), and its selected count.
+    ``r_mm`` is R in the matmul dtype."""
+    s = s.gt_(tau)  # in place: 1.0 where selected, else 0.0
+    return s @ r_mm, int(torch.count_nonzero(s))
+
+
+def _select_max(s: Tensor, r: Tensor, r_mm: Tensor, tau: float) -> tuple[Tensor, int]:
+    """Rows of G: the entry of largest S where it exceeds tau, else 0; and the count."""
+    best, idx = s.max(dim=1)  # (rows,)
+    keep = best > tau
+    return r[idx] * keep[:, None], int(keep.sum())
 
 
 @torch.no_grad()
-def _select_all(t: Tensor, r: Tensor, tau: float, chunk_bytes: int, dtype: torch.dtype):
-    """G = [T R^T > tau] R (N, C) and the number of selected pairs, chunk by chunk."""
+def _select_in_chunks(select, t: Tensor, r: Tensor, tau: float, chunk_bytes: int,
+                      dtype: torch.dtype) -> tuple[Tensor, int]:
+    """G (N, C) and the selected count, building S = T R^T a chunk of rows at a time so that
+    at most ``chunk_bytes`` of it exist at once."""
     g = torch.empty_like(t)
     count = 0
-    rows = _rows_per_chunk(r.shape[0], chunk_bytes)
+    rows = max(1, chunk_bytes // (4 * max(r.shape[0], 1)))
     r_mm = r.to(dtype)
     for i in range(0, t.shape[0], rows):
-        s = t[i : i + rows].to(dtype) @ r_mm.T  # (rows, M)
-        s = s.gt_(tau)  # in place: 1.0 where selected, else 0.0
-        count += int(torch.count_nonzero(s))
-        g[i : i + rows] = s @ r_mm  # (rows, C)
-    return g, count
-
-
-@torch.no_grad()
-def _select_max(t: Tensor, r: Tensor, tau: float, chunk_bytes: int, dtype: torch.dtype):
-    """G_i = R[argmax_j S_ij] where that maximum exceeds tau, else 0; and the count."""
-    g = torch.zeros_like(t)
-    count = 0
-    rows = _rows_per_chunk(r.shape[0], chunk_bytes)
-    r_mm = r.to(dtype)
-    for i in range(0, t.shape[0], rows):
-        best, idx = (t[i : i + rows].to(dtype) @ r_mm.T).max(dim=1)  # (rows,)
-        keep = best > tau
-        count += int(keep.sum())
-        g[i : i + rows] = r[idx] * keep[:, None]
+        g_chunk, n = select(t[i : i + rows].to(dtype) @ r_mm.T, r, r_mm, tau)  # S: (rows, M)
+        g[i : i + rows] = g_chunk
+        count += n
     return g, count
 
 
@@ -111,7 +107,7 @@ def cosine_alignment(
     matmul_dtype = matmul_dtype or t.dtype
     g, count, pairs = torch.zeros_like(t), 0, 0
     if pseudo is None and r.shape[0] > 0:
-        g, count = select(t.detach(), r, tau, chunk_bytes, matmul_dtype)
+        g, count = _select_in_chunks(select, t.detach(), r, tau, chunk_bytes, matmul_dtype)
         pairs = t.shape[0] * r.shape[0]
     elif pseudo is not None:
         rows_cls = pseudo.reshape(-1)
@@ -119,7 +115,8 @@ def cosine_alignment(
             rows, r_k = rows_cls == k, r[ref_cls == k]
             if r_k.shape[0] == 0:
                 continue
-            g_k, count_k = select(t.detach()[rows], r_k, tau, chunk_bytes, matmul_dtype)
+            g_k, count_k = _select_in_chunks(select, t.detach()[rows], r_k, tau, chunk_bytes,
+                                             matmul_dtype)
             g[rows] = g_k
             count += count_k
             pairs += int(rows.sum()) * r_k.shape[0]
