@@ -1,6 +1,8 @@
 """The MiniCity ablation that sets the method's defaults (docs/results/minicity.md).
 
     .venv/bin/python benchmarks/minicity_ablation.py sweep     # stage 1, seed 0, ~40 min
+    .venv/bin/python benchmarks/minicity_ablation.py gap       # the gap and the premise, ~20 min
+    .venv/bin/python benchmarks/minicity_ablation.py collapse  # diagnostics over time, ~3 min
     .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~30 min
     .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
 
@@ -200,6 +202,29 @@ def cmd_gap(args) -> None:
     cmd_report(args)
 
 
+def cmd_collapse(args) -> None:
+    """A run that collapses (no class restriction, lambda 1), evaluated every 100 iterations:
+    the diagnostics move before mIoU does."""
+    run = OUT / "collapse"
+    if not (run / "metrics.jsonl").is_file() or "eval" not in (run / "metrics.jsonl").read_text():
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True)
+        shutil.copy(warmup(0, []) / "ckpt_0000500.pt", run)
+        cfg = minicity_config(DATA, ["train.seed=0", "loss.class_restrict=none", "loss.cos=1",
+                                     "train.eval_every=100", "train.log_every=100"], "ours")
+        train(cfg, run, progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = {r["iter"]: r for r in rows if r["kind"] == "train"}
+    print("\n### Collapse in the logs (seed 0, class_restrict=none, lambda_cos=1)\n")
+    print("| iteration | selected | S median | pair cos | eff. rank | target val mIoU |")
+    print("|---|---|---|---|---|---|")
+    for r in (r for r in rows if r["kind"] == "eval"):
+        t = train_rows.get(r["iter"], {})
+        print(f"| {r['iter']} | {100 * t.get('selected', float('nan')):.0f}% | "
+              f"{t.get('s_q50', float('nan')):.2f} | {t.get('pair_cos', float('nan')):.2f} | "
+              f"{t.get('eff_rank', float('nan')):.1f} | {r['miou']['minicity']:.1f} |")
+
+
 def cmd_methods(args) -> None:
     for seed in (1, 2, 3):
         for name, (method, overrides) in {**REFERENCE_METHODS,
@@ -269,11 +294,11 @@ def _gap_report(gap: dict[str, list[dict]]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=["sweep", "gap", "methods", "report"])
+    p.add_argument("stage", choices=["sweep", "gap", "collapse", "methods", "report"])
     args = p.parse_args()
     torch.set_num_threads(2)
     make_minicity(DATA)
-    {"sweep": cmd_sweep, "gap": cmd_gap, "methods": cmd_methods,
+    {"sweep": cmd_sweep, "gap": cmd_gap, "collapse": cmd_collapse, "methods": cmd_methods,
      "report": cmd_report}[args.stage](args)
 
 

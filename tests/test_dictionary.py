@@ -110,3 +110,21 @@ def test_self_information_against_formula():
     p = logits.softmax(dim=1)
     expected = -p * p.log() / math.log(4)
     torch.testing.assert_close(self_information(logits), expected)
+
+
+@pytest.mark.parametrize("new_capacity", [2, 3, 6])
+def test_loading_into_another_capacity_keeps_the_newest(new_capacity):
+    d = ClassFeatureDictionary(num_classes=2, capacity=4, dim=1)
+    for v in range(1, 8):  # class 0 gets 1..7 (wraps), class 1 gets 10, 20
+        d.push(torch.tensor([[float(v)]]), torch.tensor([0]))
+    d.push(torch.tensor([[10.0], [20.0]]), torch.tensor([1, 1]))
+    e = ClassFeatureDictionary(num_classes=2, capacity=new_capacity, dim=1)
+    e.load_state_dict(d.state_dict())
+    ref, cls = e.reference()
+    kept0 = sorted(ref[cls == 0][:, 0].tolist())
+    assert kept0 == [float(v) for v in range(8 - min(4, new_capacity), 8)]
+    assert sorted(ref[cls == 1][:, 0].tolist()) == [10.0, 20.0][-new_capacity:]
+    e.push(torch.tensor([[99.0]]), torch.tensor([0]))  # and the ring continues correctly
+    assert 99.0 in e.reference()[0][:, 0].tolist()
+    with pytest.raises(ValueError, match="channels differ"):
+        ClassFeatureDictionary(num_classes=2, capacity=4, dim=3).load_state_dict(d.state_dict())

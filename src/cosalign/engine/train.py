@@ -280,7 +280,10 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
     if ckpts:
         state = load_checkpoint(ckpts[-1], map_location=device)
         model.load_state_dict(state["model"])
-        dictionary.load_state_dict(state["dictionary"])
+        try:
+            dictionary.load_state_dict(state["dictionary"])
+        except ValueError as e:  # e.g. a branch that takes features from another layer
+            tqdm.write(f"not resuming the dictionary ({e}); it starts empty")
         opt.load_state_dict(state["optimizer"])
         if discs is not None and state.get("discriminators") is not None:
             discs.load_state_dict(state["discriminators"])

@@ -74,6 +74,30 @@ class ClassFeatureDictionary(torch.nn.Module):
         cls = torch.arange(self.num_classes, device=self.filled.device)[:, None].expand_as(valid)
         return self.entries[valid], cls[valid]
 
+    def oldest_first_order(self, k: int) -> Tensor:
+        """Slot indices of class k from oldest to newest."""
+        n = int(self.filled[k])
+        start = int(self.head[k]) if n == self.capacity else 0
+        return (start + torch.arange(n, device=self.filled.device)) % self.capacity
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a dictionary; one saved with another capacity Q keeps the newest
+        min(Q_saved, Q) entries of each class (resuming a run with a different Q)."""
+        entries = state_dict["entries"]
+        if entries.shape == self.entries.shape:
+            return super().load_state_dict(state_dict, strict, assign)
+        if entries.shape[0] != self.num_classes or entries.shape[2] != self.dim:
+            raise ValueError(f"saved dictionary has shape {tuple(entries.shape)}, this one "
+                             f"{tuple(self.entries.shape)}: classes or channels differ")
+        saved = ClassFeatureDictionary(self.num_classes, entries.shape[1], self.dim)
+        saved.load_state_dict(state_dict)
+        self.filled.zero_()
+        self.head.zero_()
+        for k in range(self.num_classes):
+            order = saved.oldest_first_order(k)
+            self.push(saved.entries[k, order], torch.full((len(order),), k, device=order.device))
+        return torch.nn.modules.module._IncompatibleKeys([], [])
+
     @torch.no_grad()
     def select(self, f: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The new entries one source batch contributes: (B, C, h, w), (B, H, W) -> (n, C), (n,)."""
