@@ -45,9 +45,10 @@ def test_cosine_loss_waits_for_start_iter(tiny_config, tmp_path):
     assert "cos" not in rows[2] and "cos" not in rows[4] and "cos" in rows[6]
 
 
-def test_resume_equals_straight_run(tiny_config, tmp_path):
+@pytest.mark.parametrize("method", ["ours", "ours_advent"])
+def test_resume_equals_straight_run(tiny_config, tmp_path, method):
     """N iterations straight == N/2, stop, resume for N/2 (deterministic CPU run)."""
-    cfg = copy.deepcopy(tiny_config)
+    cfg = apply_method(copy.deepcopy(tiny_config), method)
     cfg.train.deterministic = True
     train(cfg, tmp_path / "straight", progress=False)
     assert train(cfg, tmp_path / "split", progress=False, stop_at=3) is None
@@ -57,6 +58,10 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=1e-6, rtol=0)
     torch.testing.assert_close(a["dictionary"]["entries"], b["dictionary"]["entries"])
+    if method == "ours_advent":
+        for key in a["discriminators"]:
+            torch.testing.assert_close(a["discriminators"][key], b["discriminators"][key],
+                                       atol=1e-6, rtol=0)
 
 
 def test_nan_stops_with_iteration_and_term_and_keeps_checkpoint(tiny_config, tmp_path,
@@ -129,3 +134,29 @@ def test_tensorboard_gets_losses_lr_miou_and_pictures(tiny_config, tmp_path):
         assert tag in scalars, (tag, scalars)
     assert [e.step for e in acc.Scalars("eval/miou/minicity")] == [3, 6]
     assert "val/0" in acc.Tags()["images"]
+
+
+def test_advent_step_trains_discriminators_and_fools_them(tiny_config):
+    """The generator's adversarial term labels target maps as source (0); the discriminators
+    are then trained on source (0) and target (1) maps, and only in that phase."""
+    from cosalign.data import build_dataset
+    from cosalign.engine.train import batches, train_step
+    from cosalign.losses import ClassFeatureDictionary
+    from cosalign.models import Discriminator, build_model
+
+    cfg = apply_method(copy.deepcopy(tiny_config), "advent")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 19)
+    discs = torch.nn.ModuleDict({"adv": Discriminator(19), "adv_aux": Discriminator(19)})
+    before = {k: v.clone() for k, v in discs.state_dict().items()}
+    opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01)
+    opt_d = torch.optim.Adam(discs.parameters(), 1e-4, betas=(0.9, 0.99))
+    d = ClassFeatureDictionary(19, 8, model.feature_dim)
+    src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
+    tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
+    terms = train_step(model, next(src), next(tgt), 0, cfg.loss, d, opt, discs, opt_d)
+    assert {"adv", "adv_aux", "d_adv_src", "d_adv_tgt", "d_adv_aux_src"} <= set(terms)
+    changed = [k for k, v in discs.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)  # every discriminator tensor was updated
+    # an untrained discriminator outputs ~0 logits: all its BCE terms are near log 2
+    assert abs(terms["adv"] - 0.693) < 0.05 and abs(terms["d_adv_tgt"] - 0.693) < 0.05
