@@ -17,7 +17,8 @@ def test_loss_snippet_runs():
         "logits_t": torch.randn(2, 19, 5, 9),
         "seg_loss": torch.zeros((), requires_grad=True),
     }
-    setup, step = block.split("# in your training step")
+    setup, step = block.split("\n# in your training step")
+    step = "#" + step
     exec(setup, namespace)
     exec(step, namespace)  # first step: empty dictionary, loss 0, then filled
     assert namespace["out"].pairs == 0 and len(namespace["dictionary"]) > 0
