@@ -220,8 +220,14 @@ def cmd_collapse(args) -> None:
           "source-only warm-up at 500)\n")
     print("| iteration | selected | S median | pair cos | eff. rank | target val mIoU |")
     print("|---|---|---|---|---|---|")
+    cfg = minicity_config(DATA, ["train.seed=0"])
+    model = build_model(cfg.model, 19)
+    model.load_state_dict(load_checkpoint(warmup(0, []) / "ckpt_0000500.pt")["model"])
+    val = build_dataset(cfg.data.val, cfg.data, train=False)
+    start = evaluate(model, val, torch.device("cpu"), subsets=["minicity"], progress=False)
     first = min(train_rows)
     t = train_rows[first]
+    print(f"| 500 (warm-up) | - | - | - | - | {start['miou']['minicity']:.1f} |")
     print(f"| {first} (first log) | {100 * t['selected']:.0f}% | {t['s_q50']:.2f} | "
           f"{t['pair_cos']:.2f} | {t['eff_rank']:.1f} | - |")
     for r in (r for r in rows if r["kind"] == "eval"):
