@@ -61,10 +61,3 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
     return t
 
-
-def broadcast_object(obj):
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
