@@ -1,0 +1,198 @@
+"""``cosalign data check`` and ``cosalign data convert``: is a dataset tree usable, and a
+pre-mapped copy of its labels.
+
+The check reads every image and label once and reports, with file names: missing folders,
+images without labels and labels without images, unreadable or truncated files, image/label size
+mismatches, raw ids that do not belong to the dataset, SYNTHIA labels that are not 16-bit
+3-channel PNGs (the tell-tale of a Pillow round trip), and the class pixel histogram. A verdict is
+cached per tree (keyed by the files' names, sizes and times) so ``cosalign train`` can refuse a
+bad tree before its first iteration at no cost the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cosalign.data import dataset_pairs
+from cosalign.data.dataset import DatasetError, read_8bit_label
+from cosalign.data.labels import (
+    CITYSCAPES_LUT,
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    SYNTHIA_LUT,
+)
+from cosalign.data.synthia import read_synthia_class_ids
+
+# Raw ids that exist in each dataset's label files.
+KNOWN_IDS = {"gta5": set(range(34)), "cityscapes": set(range(34)), "synthia": set(range(23))}
+CACHE_DIR = Path(os.environ.get("COSALIGN_CACHE", Path.home() / ".cache" / "cosalign"))
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    root: str
+    split: str
+    images: int = 0
+    labels: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    histogram: list[int] = field(default_factory=lambda: [0] * (NUM_CLASSES + 1))
+
+    @property
+    def usable(self) -> bool:
+        return not self.errors
+
+    def format(self, max_lines: int = 20, histogram: bool = True) -> str:
+        lines = [f"{self.dataset} at {self.root} ({self.split}): {self.images} images, "
+                 f"{self.labels} labels"]
+        for kind, items in (("error", self.errors), ("warning", self.warnings)):
+            for item in items[:max_lines]:
+                lines.append(f"  {kind}: {item}")
+            if len(items) > max_lines:
+                lines.append(f"  ... and {len(items) - max_lines} more {kind}s")
+        total = sum(self.histogram)
+        if total and histogram:
+            lines.append("  class pixel histogram (trainIds):")
+            for k, n in enumerate(self.histogram):
+                name = CLASS_NAMES[k] if k < NUM_CLASSES else "ignore"
+                if n:
+                    lines.append(f"    {name:14s} {100 * n / total:6.2f}%")
+        lines.append("verdict: " + ("usable" if self.usable else
+                                    f"NOT usable ({len(self.errors)} error(s))"))
+        return "\n".join(lines)
+
+
+def _raw_label(dataset: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(raw ids, trainIds) of a label file; raises DatasetError for unreadable files."""
+    if path.name.endswith("_labelTrainIds.png"):
+        train = read_8bit_label(path)
+        return train, train
+    if dataset == "synthia":
+        raw = read_synthia_class_ids(path)
+        return raw, SYNTHIA_LUT[raw]
+    raw = read_8bit_label(path)
+    return raw, CITYSCAPES_LUT[raw]
+
+
+def check_dataset(root: str | Path, dataset: str, split: str = "train",
+                  list_file: str | Path | None = None, progress: bool = True,
+                  labels: bool = True) -> CheckReport:
+    """Read every pair of the tree (only the images with ``labels=False``) and report what is
+    wrong with it."""
+    report = CheckReport(dataset, str(root), split)
+    try:
+        pairs = dataset_pairs(dataset, root, split, list_file, labels=labels)
+    except DatasetError as e:
+        report.errors.append(str(e))
+        return report
+    report.images = len(pairs)
+    report.labels = len(pairs) if labels else 0
+    if list_file is None and labels:
+        for p in _orphan_labels(dataset, Path(root), split):
+            report.errors.append(f"{p}: label without an image")
+    hist = np.zeros(256, dtype=np.int64)
+    known = KNOWN_IDS[dataset]
+    for image_path, label_path in tqdm(pairs, desc=f"check {dataset}", unit="img",
+                                       disable=not progress):
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            report.errors.append(f"{image_path}: unreadable or truncated image")
+            continue
+        if label_path is None:
+            continue
+        try:
+            raw, train = _raw_label(dataset, label_path)
+        except DatasetError as e:
+            msg = str(e)
+            if dataset == "synthia" and "expected a 3-channel" in msg:
+                msg += " (looks like a label saved through Pillow; use the original GT/LABELS)"
+            report.errors.append(msg)
+            continue
+        if raw.shape[:2] != image.shape[:2]:
+            report.warnings.append(
+                f"{label_path.name}: label {raw.shape[1]}x{raw.shape[0]} vs image "
+                f"{image.shape[1]}x{image.shape[0]}; both are resized to the training size")
+        if raw is not train:
+            unknown = sorted(set(np.unique(raw).tolist()) - known)
+            if unknown:
+                hint = " (Pillow-misread SYNTHIA label?)" if dataset == "synthia" else ""
+                report.errors.append(f"{label_path}: ids {unknown[:5]} are not {dataset} ids "
+                                     f"(expected {min(known)}-{max(known)}){hint}")
+        hist += np.bincount(train.ravel(), minlength=256)
+    report.histogram = [int(h) for h in hist[:NUM_CLASSES]] + [int(hist[IGNORE_INDEX])]
+    if labels and sum(report.histogram[:NUM_CLASSES]) == 0 and report.images:
+        report.errors.append("no labelled pixel of any evaluated class in the whole tree")
+    return report
+
+
+def _orphan_labels(dataset: str, root: Path, split: str) -> list[Path]:
+    """Raw label files whose image does not exist."""
+    if dataset == "gta5":
+        labels = (root / "labels").glob("*.png")
+        image_of = lambda p: root / "images" / p.name  # noqa: E731
+    elif dataset == "synthia":
+        labels = (root / "GT" / "LABELS").glob("*.png")
+        image_of = lambda p: root / "RGB" / p.name  # noqa: E731
+    else:
+        labels = (root / "gtFine" / split).glob("*/*_gtFine_labelIds.png")
+        image_of = lambda p: (root / "leftImg8bit" / split / p.parent.name /  # noqa: E731
+                              p.name.replace("_gtFine_labelIds", "_leftImg8bit"))
+    return [p for p in labels
+            if not p.name.endswith("_labelTrainIds.png") and not image_of(p).is_file()]
+
+
+def _signature(root: Path, dataset: str, split: str, list_file) -> str:
+    h = hashlib.sha1(f"{root.resolve()}|{dataset}|{split}|{list_file}".encode())
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            st = os.stat(os.path.join(dirpath, name))
+            h.update(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def require_usable(root: str | Path, dataset: str, split: str = "train",
+                   list_file: str | Path | None = None, progress: bool = True,
+                   labels: bool = True) -> None:
+    """Raise :class:`DatasetError` with ``data check``'s report unless the tree is usable; the
+    verdict for an unchanged tree is cached under ~/.cache/cosalign (COSALIGN_CACHE)."""
+    root = Path(root)
+    key = _signature(root, dataset, f"{split}|labels={labels}", list_file)
+    cache = CACHE_DIR / "checks" / f"{key}.json"
+    if cache.is_file():
+        return
+    report = check_dataset(root, dataset, split, list_file, progress, labels)
+    if not report.usable:
+        raise DatasetError(f"{root} is not a usable {dataset} tree "
+                           f"(cosalign data check says):\n{report.format(5, histogram=False)}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(asdict(report)))
+
+
+def convert_labels(root: str | Path, dataset: str, split: str = "train",
+                   list_file: str | Path | None = None, force: bool = False,
+                   progress: bool = True) -> int:
+    """Write ``*_labelTrainIds.png`` (8-bit trainIds) next to every label. Returns the count."""
+    pairs = dataset_pairs(dataset, root, split, list_file, labels=True)
+    written = 0
+    for _, label_path in tqdm(pairs, desc=f"convert {dataset}", unit="img", disable=not progress):
+        if label_path.name.endswith("_labelTrainIds.png") and not force:
+            continue  # already converted
+        stem = label_path.stem.replace("_gtFine_labelIds", "_gtFine")
+        out = label_path.with_name(f"{stem}_labelTrainIds.png")
+        _, train = _raw_label(dataset, label_path)
+        tmp = out.with_name(f".{out.name}.tmp.png")
+        if not cv2.imwrite(str(tmp), train):
+            raise DatasetError(f"{out}: could not write")
+        os.replace(tmp, out)
+        written += 1
+    return written

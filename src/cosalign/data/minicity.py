@@ -1,0 +1,115 @@
+"""MiniCity: the embedded benchmark, a synthetic-to-"real" street-scene pair that needs no download.
+
+The source domain is rendered in the "game" style and written exactly as a GTA5 tree; the target
+in the "photo" style (textures from photographs bundled with scikit-image, camera effects, an
+ego-vehicle hood) and written exactly as a Cityscapes tree. Both domains share the scene
+distribution (data/minicity_scene.py) and differ in rendering (data/minicity_render.py), as
+GTA5 and Cityscapes do. Everything is a deterministic function of the seed.
+
+    ROOT/gta5/images/NNNNN.png, labels/NNNNN.png, train.txt, val.txt
+    ROOT/cityscapes/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png
+    ROOT/cityscapes/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png
+    ROOT/minicity.json    the generator's parameters (a cache key)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cosalign.data.minicity_render import GAME, PHOTO, Style, render
+from cosalign.data.minicity_scene import sample_scene
+
+FORMAT_VERSION = 2
+
+
+def _generator_hash() -> str:
+    """Hash of the generator's source: a changed generator invalidates cached copies."""
+    here = Path(__file__).parent
+    h = hashlib.sha1()
+    for name in ("minicity.py", "minicity_scene.py", "minicity_render.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MiniCitySpec:
+    """What to generate. Sizes are (width, height) as written on disk."""
+
+    num_source: int = 600  # the last ``num_source_val`` form the source val split
+    num_source_val: int = 100
+    num_target_train: int = 600
+    num_target_val: int = 100
+    source_size: tuple[int, int] = (320, 180)  # 16:9 like GTA5
+    target_size: tuple[int, int] = (384, 192)  # 2:1 like Cityscapes
+    source_style: Style = field(default=GAME)
+    target_style: Style = field(default=PHOTO)
+    seed: int = 0
+
+    def key(self) -> dict:
+        return {"version": FORMAT_VERSION, "generator": _generator_hash(),
+                **json.loads(json.dumps(asdict(self)))}
+
+
+def _write(job: tuple) -> None:
+    image_path, label_path, size, style, seed = job
+    rng = np.random.default_rng(seed)
+    cam, surfaces = sample_scene(rng, *size)
+    image, label = render(cam, surfaces, style, rng)
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    cv2.imwrite(str(label_path), label)
+
+
+def _jobs(root: Path, spec: MiniCitySpec) -> list[tuple]:
+    jobs = []
+    gta = root / "gta5"
+    for i in range(spec.num_source):
+        jobs.append((gta / "images" / f"{i:05d}.png", gta / "labels" / f"{i:05d}.png",
+                     spec.source_size, spec.source_style, [spec.seed, 0, i]))
+    cs = root / "cityscapes"
+    for split, n, city, domain in (("train", spec.num_target_train, "minitown", 1),
+                                   ("val", spec.num_target_val, "minival", 2)):
+        for i in range(n):
+            stem = f"{city}_{i // 100:06d}_{i % 100:06d}"
+            jobs.append((cs / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                         cs / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                         spec.target_size, spec.target_style, [spec.seed, domain, i]))
+    return jobs
+
+
+def make_minicity(root: Path, spec: MiniCitySpec = MiniCitySpec(), workers: int = 2,
+                  progress: bool = True) -> bool:
+    """Write MiniCity under ``root`` unless an identical one is there. Returns True if written."""
+    root = Path(root)
+    stamp = root / "minicity.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == spec.key():
+        return False
+    stamp.unlink(missing_ok=True)
+    jobs = _jobs(root, spec)
+    bar = tqdm(total=len(jobs), desc="MiniCity", unit="img", disable=not progress)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_write, jobs, chunksize=16):
+                bar.update()
+    else:
+        for job in jobs:
+            _write(job)
+            bar.update()
+    bar.close()
+    names = [f"{i:05d}.png" for i in range(spec.num_source)]
+    split = spec.num_source - spec.num_source_val
+    (root / "gta5").mkdir(parents=True, exist_ok=True)
+    (root / "gta5" / "train.txt").write_text("\n".join(names[:split]) + "\n")
+    (root / "gta5" / "val.txt").write_text("\n".join(names[split:]) + "\n")
+    stamp.write_text(json.dumps(spec.key(), indent=1))
+    return True
