@@ -97,7 +97,7 @@ def batches(dataset, batch_size: int, seed: int, start: int, workers: int):
 def _check(it: int, terms: dict[str, torch.Tensor]) -> None:
     for name, value in terms.items():
         if not torch.isfinite(value).all():
-            raise NonFiniteLoss(it, name, float(value))
+            raise NonFiniteLoss(it, name, float(value.detach()))
 
 
 def train_step(model, batch_s: dict, batch_t: dict, it: int, cfg: LossConfig,
