@@ -14,6 +14,7 @@ GTA5 and Cityscapes do. Everything is a deterministic function of the seed.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from concurrent.futures import ProcessPoolExecutor
@@ -31,11 +32,12 @@ FORMAT_VERSION = 2
 
 
 def _generator_hash() -> str:
-    """Hash of the generator's source: a changed generator invalidates cached copies."""
+    """Hash of the generator's code (its syntax tree, so comments and line breaks do not count):
+    a changed generator invalidates cached copies."""
     here = Path(__file__).parent
     h = hashlib.sha1()
     for name in ("minicity.py", "minicity_scene.py", "minicity_render.py"):
-        h.update((here / name).read_bytes())
+        h.update(ast.dump(ast.parse((here / name).read_text())).encode())
     return h.hexdigest()[:16]
 
 

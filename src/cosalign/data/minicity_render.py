@@ -11,7 +11,7 @@ one constructor call away.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -75,7 +75,7 @@ DUSK = Style(**{**PHOTO.__dict__, "exposure": 0.55, "cast": (1.15, 0.95, 0.8), "
 STYLES: dict[str, Style] = {"game": GAME, "photo": PHOTO, "fog": FOG, "dusk": DUSK}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mipmaps(name: str) -> np.ndarray:
     """A scikit-image texture as (5, 512, 512) float32 levels, each blurred twice as much,
     normalized to mean 0 and std 1."""
@@ -113,14 +113,16 @@ def _surface_colors(cam, surf: Surface, u, v, style: Style, pal) -> tuple[np.nda
     col = np.array(pal[surf.material], np.float32)[None] * surf.tint[None].astype(np.float32)
     col = np.repeat(col, len(u), 0)
     if surf.material in ("facade", "front"):
-        win = ((a % 2.6) > 0.6) & ((a % 2.6) < 2.0) & ((b % 3.2) > 1.0) & ((b % 3.2) < 2.4) & (b > 0.8)
+        a_, b_ = a % 2.6, b % 3.2
+        win = (a_ > 0.6) & (a_ < 2.0) & (b_ > 1.0) & (b_ < 2.4) & (b > 0.8)
         col[win] = np.array(pal["window"], np.float32)
     if surf.material == "road":
         mark = (np.abs((a % 3.5) - 1.75) > 1.67) & ((z % 9.0) < 3.0)
         col[mark] = np.array(pal["marking"], np.float32)
     if style.texture > 0 and surf.material in TEXTURES:
         name, size = TEXTURES[surf.material]
-        col *= np.clip(1 + 0.5 * style.texture * _texture(name, size, a, b, z, cam.f), 0.15, 2.5)[:, None]
+        tex = _texture(name, size, a, b, z, cam.f)
+        col *= np.clip(1 + 0.5 * style.texture * tex, 0.15, 2.5)[:, None]
     # shading: the sun is on the right, so left-side facades are darker; camera-facing faces
     # are a little darker; upright surfaces darken towards the ground
     shade = np.float32(1.0)

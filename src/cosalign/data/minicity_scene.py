@@ -34,7 +34,8 @@ class Camera:
 
     def project(self, x, y, z) -> np.ndarray:
         """World points -> (n, 2) pixel coordinates (u, v)."""
-        x, y, z = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, np.float64)) for a in (x, y, z)))
+        x, y, z = np.broadcast_arrays(
+            *(np.atleast_1d(np.asarray(a, np.float64)) for a in (x, y, z)))
         return np.stack([self.vx + self.f * x / z, self.horizon + self.f * (self.cam_h - y) / z], 1)
 
 
@@ -146,11 +147,12 @@ def _street_furniture(rng, cam: Camera, side: int, curb: float, outer: float,
                                "foliage", z - 0.01, ("z", z), _tint(rng, 0.15)))
         else:  # pole, maybe with a sign
             x, top = curb + side * rng.uniform(0.3, 0.8), rng.uniform(3.5, 8)
-            out.append(Surface(_box_z(cam, z, x - 0.08, x + 0.08, 0, top), POLE, "pole", z, ("z", z)))
+            box = _box_z(cam, z, x - 0.08, x + 0.08, 0, top)
+            out.append(Surface(box, POLE, "pole", z, ("z", z)))
             if rng.random() < 0.6:
                 y, w = rng.uniform(2.2, 3.2), rng.uniform(0.5, 0.9)
-                out.append(Surface(_box_z(cam, z - 0.05, x - w / 2, x + w / 2, y, y + w * 0.8), SIGN,
-                                   "sign", z - 0.05, ("z", z), _tint(rng, 0.2)))
+                box = _box_z(cam, z - 0.05, x - w / 2, x + w / 2, y, y + w * 0.8)
+                out.append(Surface(box, SIGN, "sign", z - 0.05, ("z", z), _tint(rng, 0.2)))
     return out
 
 
@@ -159,7 +161,8 @@ def _cars(rng, cam: Camera, left: float, right: float, lane_w: float) -> list[Su
     for _ in range(int(rng.integers(1, 8))):
         lane = rng.integers(0, round((right - left) / lane_w))
         x = left + (lane + 0.5) * lane_w + rng.uniform(-0.4, 0.4)
-        z, w, length, h = rng.uniform(5, 70), rng.uniform(1.7, 2.0), rng.uniform(4, 5), rng.uniform(1.4, 1.7)
+        z, w = rng.uniform(5, 70), rng.uniform(1.7, 2.0)
+        length, h = rng.uniform(4, 5), rng.uniform(1.4, 1.7)
         tint = _tint(rng, 0.6)
         side_x = x - w / 2 if x > 0 else x + w / 2  # the side the camera sees
         out.append(Surface(_box_x(cam, side_x, z, z + length, 0.25, h * 0.6), CAR, "car_body",
