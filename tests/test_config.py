@@ -27,6 +27,16 @@ def test_override_sets_typed_value():
     assert cfg.model.weights is None
 
 
+def test_exponent_notation_is_a_float():
+    # YAML 1.1 reads 1e-3 (no dot) as a string; users type it on the command line
+    cfg = load_config("minicity", ["loss.ent=1e-3", "optim.lr=2.5E-4"])
+    assert cfg.loss.ent == 1e-3 and cfg.optim.lr == 2.5e-4
+    with pytest.raises(ConfigError, match="loss.ent: expected float"):
+        load_config(None, ["loss.ent=small"])
+    with pytest.raises(ConfigError, match="train.iters: expected int"):
+        load_config(None, ["train.iters=1e3"])
+
+
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["loss.lamda=1"])

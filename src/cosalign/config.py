@@ -150,7 +150,8 @@ def _keys(obj, prefix: str = "") -> list[str]:
 
 def _coerce(value, hint, key: str):
     """Check ``value`` against the type hint of field ``key`` (ints pass for floats, lists for
-    tuples, None for optional fields)."""
+    tuples, None for optional fields; YAML 1.1 reads ``1e-3`` as a string, so a string that
+    Python reads as a number passes for a float)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -173,6 +174,11 @@ def _coerce(value, hint, key: str):
         return tuple(items) if origin is tuple else items
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
     is_bool_for_int = hint is int and isinstance(value, bool)
     if hint is object or (isinstance(value, hint) and not is_bool_for_int):
         return value
