@@ -1,9 +1,9 @@
 """The MiniCity ablation that sets the method's defaults (docs/results/minicity.md).
 
-    .venv/bin/python benchmarks/minicity_ablation.py sweep     # stage 1, seed 0, ~40 min
+    .venv/bin/python benchmarks/minicity_ablation.py sweep     # stage 1, seed 0, ~65 min
     .venv/bin/python benchmarks/minicity_ablation.py gap       # the gap and the premise, ~20 min
-    .venv/bin/python benchmarks/minicity_ablation.py collapse  # diagnostics over time, ~3 min
-    .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~30 min
+    .venv/bin/python benchmarks/minicity_ablation.py collapse  # diagnostics over time, ~5 min
+    .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~40 min
     .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
 
 Protocol. Every run trains ``train.iters`` iterations of the MiniCity preset. Adaptation starts
@@ -277,11 +277,10 @@ def cmd_report(args) -> None:
         for name, rs in sweep.items():
             r = rs[0]
             te, pr = r["train_end"], r["premise"]
+            sel = f"{100 * te['selected']:.1f}%" if "selected" in te else "-"
             print(f"| {name} | {r['miou']:.2f} | {r['miou'] - base:+.2f} | "
-                  f"{pr.get('nn_accuracy', float('nan')):.1f} | "
-                  f"{100 * te.get('selected', float('nan')):.1f}% | "
-                  f"{te.get('pair_cos', float('nan')):.2f} | "
-                  f"{te.get('eff_rank', float('nan')):.1f} |")
+                  f"{pr.get('nn_accuracy', float('nan')):.1f} | {sel} | "
+                  f"{_num(te, 'pair_cos', 2)} | {_num(te, 'eff_rank', 1)} |")
     if gap:
         _gap_report(gap)
     if final:
@@ -298,6 +297,10 @@ def cmd_report(args) -> None:
             gains = [vals[s] - base[s] for s in vals if s in base]
             print(f"| {name} | {cells} | {_mean_std(list(vals.values()))} | "
                   f"{_mean_std(gains, signed=True)} |")
+
+
+def _num(row: dict, key: str, digits: int) -> str:
+    return f"{row[key]:.{digits}f}" if key in row else "-"
 
 
 def _mean_std(vals: list[float], signed: bool = False) -> str:
