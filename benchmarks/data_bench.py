@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from cosalign.config import DataConfig, DomainConfig
 from cosalign.data import build_dataset
+from cosalign.data.dataset import read_8bit_label
 from cosalign.data.labels import (
     CITYSCAPES_ID_TO_TRAINID,
     CITYSCAPES_LUT,
@@ -81,8 +82,8 @@ def bench_eval(rng, tmp: Path, n: int = 10) -> None:
         lut = np.full(256, 255, np.uint8)
         lut[TRAINID_TO_CITYSCAPES_ID[:19]] = np.arange(19)
         for g, p in zip(gts, preds):
-            y = torch.from_numpy(CITYSCAPES_LUT[np.array(Image.open(g))])
-            x = torch.from_numpy(lut[np.array(Image.open(p))])
+            y = torch.from_numpy(CITYSCAPES_LUT[read_8bit_label(g)])
+            x = torch.from_numpy(lut[read_8bit_label(p)])
             cm += confusion_matrix(x, y, 19)
         return per_class_iou(cm.numpy())
 

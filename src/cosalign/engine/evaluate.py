@@ -18,11 +18,16 @@ from cosalign.data.labels import CLASS_NAMES, class_subset
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """(K, K) int64 counts, rows = ground truth, columns = prediction; target values outside
-    [0, K) (ignore) are skipped."""
-    valid = (target >= 0) & (target < num_classes)
-    index = target[valid].long() * num_classes + pred[valid].long()
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+    """(K, K) int64 counts, rows = ground truth, columns = prediction, from one bincount of
+    target * (K + 1) + pred over every pixel. Values outside [0, K) (ignore, 255) go to an extra
+    row or column that is dropped: pixels with an ignored target, or a prediction outside the
+    classes, are not counted."""
+    k = num_classes
+    t, p = target.to(torch.int32), pred.to(torch.int32)
+    t = torch.where((t >= 0) & (t < k), t, k)
+    p = torch.where((p >= 0) & (p < k), p, k)
+    counts = torch.bincount((t * (k + 1) + p).reshape(-1), minlength=(k + 1) ** 2)
+    return counts.reshape(k + 1, k + 1)[:k, :k]
 
 
 def per_class_iou(cm: np.ndarray) -> np.ndarray:

@@ -55,20 +55,69 @@ def _select_max(s: Tensor, r: Tensor, r_mm: Tensor, tau: float) -> tuple[Tensor,
     return r[idx] * keep[:, None], int(keep.sum())
 
 
-@torch.no_grad()
-def _select_in_chunks(select, t: Tensor, r: Tensor, tau: float, chunk_bytes: int,
-                      dtype: torch.dtype) -> tuple[Tensor, int]:
-    """G (N, C) and the selected count, building S = T R^T a chunk of rows at a time so that
-    at most ``chunk_bytes`` of it exist at once."""
-    g = torch.empty_like(t)
-    count = 0
-    rows = max(1, chunk_bytes // (4 * max(r.shape[0], 1)))
-    r_mm = r.to(dtype)
-    for i in range(0, t.shape[0], rows):
-        g_chunk, n = select(t[i : i + rows].to(dtype) @ r_mm.T, r, r_mm, tau)  # S: (rows, M)
-        g[i : i + rows] = g_chunk
-        count += n
-    return g, count
+def _groups(pseudo_b: Tensor | None, positions: int, r: Tensor, ref_cls: Tensor | None):
+    """(positions, reference rows) pairs of one image: every position against the whole
+    reference set, or under class restriction the positions predicted as k against class k."""
+    if pseudo_b is None:
+        if r.shape[0] > 0:
+            yield torch.arange(positions, device=r.device), r
+        return
+    flat = pseudo_b.reshape(-1)
+    for k in torch.unique(flat).tolist():
+        r_k = r[ref_cls == k]
+        if r_k.shape[0] > 0:
+            yield (flat == k).nonzero().squeeze(1), r_k
+
+
+class _CosineAlignment(torch.autograd.Function):
+    """Forward: L and G = mask R, a chunk of target positions at a time. Backward:
+    dL/dx = -(G - T (T . G)) / (count |x|) per position, from x, 1/|x| and G alone."""
+
+    @staticmethod
+    def forward(ctx, f_t, r, ref_cls, pseudo, tau, match, chunk_bytes, mm_dtype):
+        select = _select_all if match == "all" else _select_max
+        dtype = torch.promote_types(f_t.dtype, torch.float32)
+        B, C = f_t.shape[:2]
+        x = f_t.detach().reshape(B, C, -1)  # (B, C, P): a view, positions are columns
+        g = torch.zeros(x.shape, dtype=dtype, device=x.device)
+        inv_norm = torch.empty(B, x.shape[2], dtype=dtype, device=x.device)
+        dot = torch.zeros((), dtype=torch.float64, device=x.device)
+        count = pairs = 0
+        for b in range(B):
+            inv_norm[b] = 1 / x[b].to(dtype).norm(dim=0).clamp_min(1e-12)
+            for pos, r_k in _groups(None if pseudo is None else pseudo[b], x.shape[2], r,
+                                    ref_cls):
+                r_mm = r_k.to(mm_dtype)
+                rows = max(1, chunk_bytes // (4 * r_k.shape[0]))
+                for i in range(0, len(pos), rows):
+                    p = pos[i : i + rows]
+                    t = (x[b][:, p].to(dtype) * inv_norm[b, p]).T  # (rows, C) normalized
+                    g_c, n = select(t.to(mm_dtype) @ r_mm.T, r_k, r_mm, tau)  # S: (rows, M_k)
+                    g[b][:, p] = g_c.T.to(dtype)
+                    dot += (t * g_c).sum(dtype=torch.float64)
+                    count += n
+                pairs += len(pos) * r_k.shape[0]
+        ctx.save_for_backward(f_t, inv_norm, g)
+        ctx.count, ctx.chunk_bytes = count, chunk_bytes
+        loss = ((count - dot) / max(count, 1)).to(dtype)
+        ctx.mark_non_differentiable(count_t := torch.tensor(count), pairs_t := torch.tensor(pairs))
+        return loss, count_t, pairs_t
+
+    @staticmethod
+    def backward(ctx, grad_loss, _count, _pairs):
+        f_t, inv_norm, g = ctx.saved_tensors
+        B, C = f_t.shape[:2]
+        x = f_t.detach().reshape(B, C, -1)
+        grad = torch.empty_like(x)
+        scale = -grad_loss.to(g.dtype) / max(ctx.count, 1)
+        cols = max(1, ctx.chunk_bytes // (4 * C))
+        for b in range(B):
+            for i in range(0, x.shape[2], cols):
+                sl = slice(i, i + cols)
+                inv = inv_norm[b, sl]
+                t, g_c = x[b][:, sl].to(g.dtype) * inv, g[b][:, sl]
+                grad[b][:, sl] = (scale * inv * (g_c - t * (t * g_c).sum(0))).to(f_t.dtype)
+        return grad.reshape(f_t.shape), None, None, None, None, None, None, None
 
 
 def cosine_alignment(
@@ -79,7 +128,7 @@ def cosine_alignment(
     match: str = "all",
     ref_cls: Tensor | None = None,
     pseudo: Tensor | None = None,
-    chunk_bytes: int = 64 << 20,
+    chunk_bytes: int = 16 << 20,
     matmul_dtype: torch.dtype | None = None,
 ) -> Alignment:
     """The loss and its selection counts.
@@ -90,7 +139,9 @@ def cosine_alignment(
         ref_cls: (M,) class of each reference entry; pseudo: (B, h, w) class predicted by the
             head at each target position. Both or neither (class_restrict="pseudo").
     ``matmul_dtype=torch.bfloat16`` runs the products in bf16 (normalization stays fp32); the
-    default is the features' dtype promoted to at least float32.
+    default is the features' dtype promoted to at least float32. ``chunk_bytes`` bounds the
+    part of S that exists at once; besides it, the forward keeps G (the size of f_t in fp32)
+    and 1/|x| per position, and the backward writes the gradient chunk by chunk.
 
     Example:
         >>> f_t = torch.randn(2, 16, 4, 8, requires_grad=True)
@@ -101,27 +152,11 @@ def cosine_alignment(
         raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
     if (ref_cls is None) != (pseudo is None):
         raise ValueError("class restriction needs both ref_cls and pseudo (or neither)")
-    select = _select_all if match == "all" else _select_max
-    t = flatten_normalized(f_t)  # (N, C)
-    r = ref.detach().to(t.dtype)
-    matmul_dtype = matmul_dtype or t.dtype
-    g, count, pairs = torch.zeros_like(t), 0, 0
-    if pseudo is None and r.shape[0] > 0:
-        g, count = _select_in_chunks(select, t.detach(), r, tau, chunk_bytes, matmul_dtype)
-        pairs = t.shape[0] * r.shape[0]
-    elif pseudo is not None:
-        rows_cls = pseudo.reshape(-1)
-        for k in torch.unique(rows_cls).tolist():
-            rows, r_k = rows_cls == k, r[ref_cls == k]
-            if r_k.shape[0] == 0:
-                continue
-            g_k, count_k = _select_in_chunks(select, t.detach()[rows], r_k, tau, chunk_bytes,
-                                             matmul_dtype)
-            g[rows] = g_k
-            count += count_k
-            pairs += int(rows.sum()) * r_k.shape[0]
-    loss = (count - (t * g).sum()) / max(count, 1)
-    return Alignment(loss, count, pairs)
+    dtype = torch.promote_types(f_t.dtype, torch.float32)
+    r = ref.detach().to(dtype)
+    loss, count, pairs = _CosineAlignment.apply(
+        f_t, r, ref_cls, pseudo, tau, match, chunk_bytes, matmul_dtype or dtype)
+    return Alignment(loss, int(count), int(pairs))
 
 
 def cosine_alignment_plain(
