@@ -56,11 +56,12 @@ def _select_max(s: Tensor, r: Tensor, r_mm: Tensor, tau: float) -> tuple[Tensor,
 
 
 def _groups(pseudo_b: Tensor | None, positions: int, r: Tensor, ref_cls: Tensor | None):
-    """(positions, reference rows) pairs of one image: every position against the whole
-    reference set, or under class restriction the positions predicted as k against class k."""
+    """(positions, reference rows) pairs of one image: every position (a range) against the
+    whole reference set, or under class restriction the positions predicted as k (an index
+    tensor) against the entries of class k."""
     if pseudo_b is None:
         if r.shape[0] > 0:
-            yield torch.arange(positions, device=r.device), r
+            yield range(positions), r
         return
     flat = pseudo_b.reshape(-1)
     for k in torch.unique(flat).tolist():
@@ -91,6 +92,8 @@ class _CosineAlignment(torch.autograd.Function):
                 rows = max(1, chunk_bytes // (4 * r_k.shape[0]))
                 for i in range(0, len(pos), rows):
                     p = pos[i : i + rows]
+                    if isinstance(p, range):  # a slice is a view; an index tensor a gather
+                        p = slice(p.start, p.stop)
                     t = (x[b][:, p].to(dtype) * inv_norm[b, p]).T  # (rows, C) normalized
                     g_c, n = select(t.to(mm_dtype) @ r_mm.T, r_k, r_mm, tau)  # S: (rows, M_k)
                     g[b][:, p] = g_c.T.to(dtype)
