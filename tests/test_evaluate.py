@@ -14,16 +14,22 @@ from cosalign.engine.evaluate import (
 )
 
 
-def test_confusion_matrix_equals_nested_loop():
+@pytest.mark.parametrize("case", ["uint8", "int64", "negative ignore", "large ids"])
+def test_confusion_matrix_equals_nested_loop(case):
     g = torch.Generator().manual_seed(0)
-    pred = torch.randint(0, 5, (3, 7, 9), generator=g)
+    pred = torch.randint(0, 6, (3, 7, 9), generator=g)  # 5: a prediction outside the classes
     target = torch.randint(0, 6, (3, 7, 9), generator=g)
-    target[target == 5] = 255
+    target[target == 5] = {"negative ignore": -1, "large ids": 1000}.get(case, 255)
+    if case == "large ids":
+        pred[0, 0, :3] = 700
+    if case == "uint8":
+        pred, target = pred.to(torch.uint8), target.to(torch.uint8)
     cm = confusion_matrix(pred, target, 5).numpy()
     naive = np.zeros((5, 5), dtype=np.int64)
     for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
-        if t != 255:
+        if 0 <= t < 5 and 0 <= p < 5:
             naive[t, p] += 1
+    assert naive.sum() > 100
     np.testing.assert_array_equal(cm, naive)
 
 

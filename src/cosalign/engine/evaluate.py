@@ -18,16 +18,28 @@ from cosalign.data.labels import CLASS_NAMES, class_subset
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """(K, K) int64 counts, rows = ground truth, columns = prediction, from one bincount of
-    target * (K + 1) + pred over every pixel. Values outside [0, K) (ignore, 255) go to an extra
-    row or column that is dropped: pixels with an ignored target, or a prediction outside the
-    classes, are not counted."""
+    """(K, K) int64 counts, rows = ground truth, columns = prediction. Pixels whose target is
+    outside [0, K) (ignore, 255) are not counted, nor are predictions outside [0, K).
+
+    One bincount of target * W + pred: W = 256 when both maps hold values in [0, 256) (label
+    maps and predictions do), so rows and columns >= K are simply dropped; otherwise the
+    out-of-range values are first moved to K and W = K + 1.
+    """
     k = num_classes
     t, p = target.to(torch.int32), pred.to(torch.int32)
-    t = torch.where((t >= 0) & (t < k), t, k)
-    p = torch.where((p >= 0) & (p < k), p, k)
-    counts = torch.bincount((t * (k + 1) + p).reshape(-1), minlength=(k + 1) ** 2)
-    return counts.reshape(k + 1, k + 1)[:k, :k]
+    lo_t, hi_t = torch.aminmax(t)
+    lo_p, hi_p = torch.aminmax(p)
+    w = 256
+    if k > w or min(int(lo_t), int(lo_p)) < 0 or max(int(hi_t), int(hi_p)) >= w:
+        t = torch.where((t >= 0) & (t < k), t, k)
+        p = torch.where((p >= 0) & (p < k), p, k)
+        w = k + 1
+    index = (t * w + p).reshape(-1)
+    if index.device.type == "cpu":  # numpy's bincount is several times faster than torch's
+        counts = torch.from_numpy(np.bincount(index.numpy(), minlength=w * w))
+    else:
+        counts = torch.bincount(index, minlength=w * w)
+    return counts.reshape(w, w)[:k, :k]
 
 
 def per_class_iou(cm: np.ndarray) -> np.ndarray:
