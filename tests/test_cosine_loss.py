@@ -152,3 +152,15 @@ def test_module_form_and_bad_switches():
         CosineAlignmentLoss(tau=0.1, class_restrict="labels")
     with pytest.raises(ValueError, match="pseudo"):
         CosineAlignmentLoss(tau=0.1, class_restrict="pseudo")(f_t, ref, ref_cls)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 1, 1), (2, 6, 3, 4)])
+def test_inputs_are_left_unchanged(shape):
+    # a single position makes the (positions, C) view of f_t contiguous: no in-place writes
+    g = torch.Generator().manual_seed(6)
+    f_t = torch.randn(*shape, generator=g) * 3
+    ref = F.normalize(torch.randn(10, 6, generator=g), dim=1)
+    f_copy, ref_copy = f_t.clone(), ref.clone()
+    cosine_alignment(f_t.requires_grad_(), ref, tau=-1.0).loss.backward()
+    torch.testing.assert_close(f_t.detach(), f_copy, rtol=0, atol=0)
+    torch.testing.assert_close(ref, ref_copy, rtol=0, atol=0)

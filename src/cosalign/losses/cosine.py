@@ -79,24 +79,28 @@ class _CosineAlignment(torch.autograd.Function):
         select = _select_all if match == "all" else _select_max
         dtype = torch.promote_types(f_t.dtype, torch.float32)
         B, C = f_t.shape[:2]
-        x = f_t.detach().reshape(B, C, -1)  # (B, C, P): a view, positions are columns
-        g = torch.zeros(x.shape, dtype=dtype, device=x.device)
-        inv_norm = torch.empty(B, x.shape[2], dtype=dtype, device=x.device)
+        x = f_t.detach().reshape(B, C, -1)  # (B, C, P): positions are columns
+        P = x.shape[2]
+        g = torch.zeros(B, P, C, dtype=dtype, device=x.device)  # G, one row per position
+        inv_norm = torch.empty(B, P, dtype=dtype, device=x.device)
         dot = torch.zeros((), dtype=torch.float64, device=x.device)
         count = pairs = 0
         for b in range(B):
             inv_norm[b] = 1 / x[b].to(dtype).norm(dim=0).clamp_min(1e-12)
-            for pos, r_k in _groups(None if pseudo is None else pseudo[b], x.shape[2], r,
-                                    ref_cls):
+            # rows of x: a transposed view, or under class restriction a contiguous copy so
+            # that the positions of one class are gathered as whole rows
+            rows_x = x[b].T if pseudo is None else x[b].T.contiguous()
+            for pos, r_k in _groups(None if pseudo is None else pseudo[b], P, r, ref_cls):
                 r_mm = r_k.to(mm_dtype)
-                rows = max(1, chunk_bytes // (4 * r_k.shape[0]))
-                for i in range(0, len(pos), rows):
-                    p = pos[i : i + rows]
-                    if isinstance(p, range):  # a slice is a view; an index tensor a gather
+                step = max(1, chunk_bytes // (4 * r_k.shape[0]))
+                for i in range(0, len(pos), step):
+                    p = pos[i : i + step]
+                    if isinstance(p, range):
                         p = slice(p.start, p.stop)
-                    t = (x[b][:, p].to(dtype) * inv_norm[b, p]).T  # (rows, C) normalized
+                    t = rows_x[p].to(dtype).clone(memory_format=torch.contiguous_format)
+                    t *= inv_norm[b, p, None]  # (rows, C) normalized, row-major
                     g_c, n = select(t.to(mm_dtype) @ r_mm.T, r_k, r_mm, tau)  # S: (rows, M_k)
-                    g[b][:, p] = g_c.T.to(dtype)
+                    g[b, p] = g_c.to(dtype)
                     dot += (t * g_c).sum(dtype=torch.float64)
                     count += n
                 pairs += len(pos) * r_k.shape[0]
@@ -113,13 +117,14 @@ class _CosineAlignment(torch.autograd.Function):
         x = f_t.detach().reshape(B, C, -1)
         grad = torch.empty_like(x)
         scale = -grad_loss.to(g.dtype) / max(ctx.count, 1)
-        cols = max(1, ctx.chunk_bytes // (4 * C))
+        step = max(1, ctx.chunk_bytes // (4 * C))
         for b in range(B):
-            for i in range(0, x.shape[2], cols):
-                sl = slice(i, i + cols)
-                inv = inv_norm[b, sl]
-                t, g_c = x[b][:, sl].to(g.dtype) * inv, g[b][:, sl]
-                grad[b][:, sl] = (scale * inv * (g_c - t * (t * g_c).sum(0))).to(f_t.dtype)
+            for i in range(0, x.shape[2], step):
+                sl = slice(i, i + step)
+                inv = inv_norm[b, sl, None]
+                t, g_c = x[b][:, sl].T.to(g.dtype) * inv, g[b, sl]  # (rows, C)
+                d = scale * inv * (g_c - t * (t * g_c).sum(1, keepdim=True))
+                grad[b][:, sl] = d.T.to(f_t.dtype)
         return grad.reshape(f_t.shape), None, None, None, None, None, None, None
 
 
