@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/data_bench.py
 
-1. id -> trainId of a 1914x1052 GTA5 label: our 256-entry lookup table vs the per-id loop of
-   older UDA code (``for k, v in mapping: out[label == k] = v``); equal outputs asserted.
+1. id -> trainId of a 1914x1052 GTA5 label: our 256-entry lookup table (labels.map_ids) vs
+   the per-id loop of older UDA code (``for k, v in mapping: out[label == k] = v``); equal
+   outputs asserted.
 2. Scoring 2048x1024 predictions against labelIds files: our bincount confusion matrix
    (engine/evaluate.py) vs cityscapesscripts' evaluateImgLists (with and without writing the
    prediction PNGs it needs); equal per-class IoU asserted.
@@ -34,6 +35,7 @@ from cosalign.data.labels import (
     CITYSCAPES_LUT,
     CLASS_NAMES,
     TRAINID_TO_CITYSCAPES_ID,
+    map_ids,
 )
 from cosalign.data.minicity_render import GAME, render
 from cosalign.data.minicity_scene import sample_scene
@@ -58,8 +60,8 @@ def loop_mapping(label: np.ndarray) -> np.ndarray:
 
 def bench_mapping(rng) -> None:
     label = rng.integers(0, 34, (1052, 1914)).astype(np.uint8)
-    assert np.array_equal(CITYSCAPES_LUT[label], loop_mapping(label))
-    t_lut = best_of(lambda: CITYSCAPES_LUT[label])
+    assert np.array_equal(map_ids(label, CITYSCAPES_LUT), loop_mapping(label))
+    t_lut = best_of(lambda: map_ids(label, CITYSCAPES_LUT))
     t_loop = best_of(lambda: loop_mapping(label))
     print("| label mapping, 1914x1052 | per-id loop | lookup table | loop / table |")
     print("|---|---|---|---|")
@@ -88,7 +90,8 @@ def bench_eval(rng, tmp: Path, n: int = 10) -> None:
     def ours():
         cm = torch.zeros(19, 19, dtype=torch.long)
         for g, p in zip(gts, preds):
-            cm += confusion_matrix(p, torch.from_numpy(CITYSCAPES_LUT[read_8bit_label(g)]), 19)
+            y = map_ids(read_8bit_label(g), CITYSCAPES_LUT)
+            cm += confusion_matrix(p, torch.from_numpy(y), 19)
         return per_class_iou(cm.numpy())
 
     os.environ["CITYSCAPES_EXPORT_DIR"] = str(tmp)

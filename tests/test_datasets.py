@@ -19,6 +19,7 @@ from cosalign.data.labels import (
     CLASS_SUBSETS,
     PALETTE,
     SYNTHIA_LUT,
+    map_ids,
 )
 from cosalign.data.synthia import read_synthia_label
 from tests.trees import make_cityscapes, make_gta5, make_synthia, synthia_label
@@ -38,6 +39,16 @@ def test_cityscapes_table_equals_cityscapesscripts():
         if 0 <= l.trainId < 19:
             assert CLASS_NAMES[l.trainId] == l.name
             assert tuple(PALETTE[l.trainId]) == l.color
+
+
+def test_map_ids_equals_table_indexing():
+    rng = np.random.default_rng(0)
+    label8 = rng.integers(0, 256, (37, 53)).astype(np.uint8)  # OpenCV's LUT
+    np.testing.assert_array_equal(map_ids(label8, CITYSCAPES_LUT), CITYSCAPES_LUT[label8])
+    np.testing.assert_array_equal(map_ids(label8[:, ::2], CITYSCAPES_LUT),
+                                  CITYSCAPES_LUT[label8[:, ::2]])  # a strided view
+    label16 = rng.integers(0, 65536, (37, 53)).astype(np.uint16)  # numpy indexing
+    np.testing.assert_array_equal(map_ids(label16, SYNTHIA_LUT), SYNTHIA_LUT[label16])
 
 
 def test_synthia_table_and_subsets():

@@ -29,6 +29,7 @@ from cosalign.data.labels import (
     IGNORE_INDEX,
     NUM_CLASSES,
     SYNTHIA_LUT,
+    map_ids,
 )
 from cosalign.data.synthia import read_synthia_class_ids
 
@@ -81,7 +82,7 @@ def _raw_label(dataset: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raw = read_synthia_class_ids(path)
         return raw, SYNTHIA_LUT[raw]
     raw = read_8bit_label(path)
-    return raw, CITYSCAPES_LUT[raw]
+    return raw, map_ids(raw, CITYSCAPES_LUT)
 
 
 def check_dataset(root: str | Path, dataset: str, split: str = "train",

@@ -21,7 +21,7 @@ from cosalign.data.dataset import (
     require_dir,
     select_images,
 )
-from cosalign.data.labels import CITYSCAPES_LUT
+from cosalign.data.labels import CITYSCAPES_LUT, map_ids
 
 LAYOUT = (
     "  ROOT/leftImg8bit/SPLIT/CITY/STEM_leftImg8bit.png\n"
@@ -53,4 +53,4 @@ def cityscapes_pairs(root: Path, split: str, list_file: Path | None = None,
 def read_cityscapes_label(path: Path) -> np.ndarray:
     """(H, W) uint8 trainIds."""
     label = read_8bit_label(path)
-    return label if path.name.endswith("_labelTrainIds.png") else CITYSCAPES_LUT[label]
+    return label if path.name.endswith("_labelTrainIds.png") else map_ids(label, CITYSCAPES_LUT)

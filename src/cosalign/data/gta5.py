@@ -20,7 +20,7 @@ from cosalign.data.dataset import (
     require_dir,
     select_images,
 )
-from cosalign.data.labels import CITYSCAPES_LUT
+from cosalign.data.labels import CITYSCAPES_LUT, map_ids
 
 LAYOUT = "  ROOT/images/NNNNN.png\n  ROOT/labels/NNNNN.png  (8-bit Cityscapes label ids)"
 
@@ -40,4 +40,4 @@ def gta5_pairs(root: Path, list_file: Path | None = None) -> list[Pair]:
 def read_gta5_label(path: Path) -> np.ndarray:
     """(H, W) uint8 trainIds."""
     label = read_8bit_label(path)
-    return label if path.name.endswith("_labelTrainIds.png") else CITYSCAPES_LUT[label]
+    return label if path.name.endswith("_labelTrainIds.png") else map_ids(label, CITYSCAPES_LUT)

@@ -55,19 +55,24 @@ def _select_max(s: Tensor, r: Tensor, r_mm: Tensor, tau: float) -> tuple[Tensor,
     return r[idx] * keep[:, None], int(keep.sum())
 
 
-def _groups(pseudo_b: Tensor | None, positions: int, r: Tensor, ref_cls: Tensor | None):
-    """(positions, reference rows) pairs of one image: every position (a range) against the
-    whole reference set, or under class restriction the positions predicted as k (an index
-    tensor) against the entries of class k."""
-    if pseudo_b is None:
+def _groups(pseudo: Tensor | None, n: int, r: Tensor, ref_cls: Tensor | None):
+    """(positions, reference rows) pairs: every position (a range) against the whole reference
+    set, or under class restriction the positions predicted as k (an index tensor) against the
+    entries of class k."""
+    if pseudo is None:
         if r.shape[0] > 0:
-            yield range(positions), r
+            yield range(n), r
         return
-    flat = pseudo_b.reshape(-1)
+    flat = pseudo.reshape(-1)
     for k in torch.unique(flat).tolist():
         r_k = r[ref_cls == k]
         if r_k.shape[0] > 0:
             yield (flat == k).nonzero().squeeze(1), r_k
+
+
+def _rows(f: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B*h*w, C), one row per position: a view when B == 1, else a copy."""
+    return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
 
 
 class _CosineAlignment(torch.autograd.Function):
@@ -78,32 +83,26 @@ class _CosineAlignment(torch.autograd.Function):
     def forward(ctx, f_t, r, ref_cls, pseudo, tau, match, chunk_bytes, mm_dtype):
         select = _select_all if match == "all" else _select_max
         dtype = torch.promote_types(f_t.dtype, torch.float32)
-        B, C = f_t.shape[:2]
-        x = f_t.detach().reshape(B, C, -1)  # (B, C, P): positions are columns
-        P = x.shape[2]
-        g = torch.zeros(B, P, C, dtype=dtype, device=x.device)  # G, one row per position
-        inv_norm = torch.empty(B, P, dtype=dtype, device=x.device)
+        x = _rows(f_t.detach())  # (N, C)
+        inv_norm = 1 / x.to(dtype).norm(dim=1).clamp_min(1e-12)  # (N,)
+        g = torch.zeros(x.shape, dtype=dtype, device=x.device)  # G, one row per position
         dot = torch.zeros((), dtype=torch.float64, device=x.device)
         count = pairs = 0
-        for b in range(B):
-            inv_norm[b] = 1 / x[b].to(dtype).norm(dim=0).clamp_min(1e-12)
-            # rows of x: a transposed view, or under class restriction a contiguous copy so
-            # that the positions of one class are gathered as whole rows
-            rows_x = x[b].T if pseudo is None else x[b].T.contiguous()
-            for pos, r_k in _groups(None if pseudo is None else pseudo[b], P, r, ref_cls):
-                r_mm = r_k.to(mm_dtype)
-                step = max(1, chunk_bytes // (4 * r_k.shape[0]))
-                for i in range(0, len(pos), step):
-                    p = pos[i : i + step]
-                    if isinstance(p, range):
-                        p = slice(p.start, p.stop)
-                    t = rows_x[p].to(dtype).clone(memory_format=torch.contiguous_format)
-                    t *= inv_norm[b, p, None]  # (rows, C) normalized, row-major
-                    g_c, n = select(t.to(mm_dtype) @ r_mm.T, r_k, r_mm, tau)  # S: (rows, M_k)
-                    g[b, p] = g_c.to(dtype)
-                    dot += (t * g_c).sum(dtype=torch.float64)
-                    count += n
-                pairs += len(pos) * r_k.shape[0]
+        for pos, r_k in _groups(pseudo, x.shape[0], r, ref_cls):
+            r_mm = r_k.to(mm_dtype)
+            step = max(1, chunk_bytes // (4 * r_k.shape[0]))
+            for i in range(0, len(pos), step):
+                p = pos[i : i + step]
+                if isinstance(p, range):  # a slice, not a gather
+                    p = slice(p.start, p.stop)
+                # a row-major copy, never a view of f_t: it is normalized in place
+                t = x[p].to(dtype).clone(memory_format=torch.contiguous_format)
+                t *= inv_norm[p, None]  # (rows, C)
+                g_c, n = select(t.to(mm_dtype) @ r_mm.T, r_k, r_mm, tau)  # S: (rows, M_k)
+                g[p] = g_c.to(dtype)
+                dot += (t * g_c).sum(dtype=torch.float64)
+                count += n
+            pairs += len(pos) * r_k.shape[0]
         ctx.save_for_backward(f_t, inv_norm, g)
         ctx.count, ctx.chunk_bytes = count, chunk_bytes
         loss = ((count - dot) / max(count, 1)).to(dtype)
@@ -113,19 +112,18 @@ class _CosineAlignment(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _count, _pairs):
         f_t, inv_norm, g = ctx.saved_tensors
-        B, C = f_t.shape[:2]
-        x = f_t.detach().reshape(B, C, -1)
-        grad = torch.empty_like(x)
+        B, C, h, w = f_t.shape
+        x = _rows(f_t.detach())
+        grad = torch.empty(x.shape, dtype=f_t.dtype, device=x.device)  # rows, like x
         scale = -grad_loss.to(g.dtype) / max(ctx.count, 1)
         step = max(1, ctx.chunk_bytes // (4 * C))
-        for b in range(B):
-            for i in range(0, x.shape[2], step):
-                sl = slice(i, i + step)
-                inv = inv_norm[b, sl, None]
-                t, g_c = x[b][:, sl].T.to(g.dtype) * inv, g[b, sl]  # (rows, C)
-                d = scale * inv * (g_c - t * (t * g_c).sum(1, keepdim=True))
-                grad[b][:, sl] = d.T.to(f_t.dtype)
-        return grad.reshape(f_t.shape), None, None, None, None, None, None, None
+        for i in range(0, x.shape[0], step):
+            sl = slice(i, i + step)
+            inv = inv_norm[sl, None]
+            t, g_c = x[sl].to(g.dtype) * inv, g[sl]  # (rows, C)
+            grad[sl] = scale * inv * (g_c - t * (t * g_c).sum(1, keepdim=True))
+        return (grad.reshape(B, h, w, C).permute(0, 3, 1, 2), None, None, None, None, None,
+                None, None)
 
 
 def cosine_alignment(
