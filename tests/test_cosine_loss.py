@@ -164,3 +164,22 @@ def test_inputs_are_left_unchanged(shape):
     cosine_alignment(f_t.requires_grad_(), ref, tau=-1.0).loss.backward()
     torch.testing.assert_close(f_t.detach(), f_copy, rtol=0, atol=0)
     torch.testing.assert_close(ref, ref_copy, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["one image", "channels_last", "bf16"])
+def test_gradient_in_every_feature_layout(layout):
+    # B == 1 and channels_last write the gradient in place of f_t's layout; B > 1 copies
+    f_t, ref, ref_cls, pseudo = make_case(7, "dictionary")
+    if layout == "one image":
+        f_t, pseudo = f_t[:1], pseudo[:1]
+    elif layout == "channels_last":
+        f_t = f_t.contiguous(memory_format=torch.channels_last)
+    else:
+        f_t = f_t.bfloat16()
+    a = f_t.clone().requires_grad_()
+    b = f_t.clone().float().requires_grad_()
+    cosine_alignment(a, ref, tau=0.1, ref_cls=ref_cls, pseudo=pseudo).loss.backward()
+    cosine_alignment_plain(b, ref, tau=0.1, ref_cls=ref_cls, pseudo=pseudo).backward()
+    assert a.grad.dtype == f_t.dtype and a.grad.abs().sum() > 0
+    tol = dict(atol=1e-2, rtol=1e-2) if layout == "bf16" else dict(atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a.grad.float(), b.grad, **tol)

@@ -112,18 +112,22 @@ class _CosineAlignment(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _count, _pairs):
         f_t, inv_norm, g = ctx.saved_tensors
-        B, C, h, w = f_t.shape
+        C = f_t.shape[1]
         x = _rows(f_t.detach())
-        grad = torch.empty(x.shape, dtype=f_t.dtype, device=x.device)  # rows, like x
+        grad = torch.empty_like(f_t)  # f_t's layout, so that nothing downstream copies it
+        rows = _rows(grad)  # a view when it can be one (B == 1, or channels_last)
+        direct = rows.untyped_storage().data_ptr() == grad.untyped_storage().data_ptr()
         scale = -grad_loss.to(g.dtype) / max(ctx.count, 1)
         step = max(1, ctx.chunk_bytes // (4 * C))
         for i in range(0, x.shape[0], step):
             sl = slice(i, i + step)
             inv = inv_norm[sl, None]
             t, g_c = x[sl].to(g.dtype) * inv, g[sl]  # (rows, C)
-            grad[sl] = scale * inv * (g_c - t * (t * g_c).sum(1, keepdim=True))
-        return (grad.reshape(B, h, w, C).permute(0, 3, 1, 2), None, None, None, None, None,
-                None, None)
+            dots = (t.unsqueeze(1) @ g_c.unsqueeze(2)).squeeze(2)  # (rows, 1): T . G
+            rows[sl] = torch.addcmul(g_c, t, dots, value=-1).mul_(scale * inv)
+        if not direct:
+            grad.copy_(rows.reshape(grad.shape[0], *grad.shape[2:], C).permute(0, 3, 1, 2))
+        return grad, None, None, None, None, None, None, None
 
 
 def cosine_alignment(
