@@ -5,8 +5,9 @@
 
 Each (implementation, match, Q) case runs forward + backward in a fresh subprocess, so that its
 peak resident memory above the inputs ("extra memory") is its own. The roofline time is the
-FLOPs the case needs divided by the matrix-multiply rate measured on this machine in the same
-run: match=all needs two N x M x C products (S = T R^T, then G = mask R), match=max one.
+FLOPs the case needs divided by the matrix-multiply rate (a 2048^3 product, fp32 or bf16 as the
+case) measured in the case's own process just before it: match=all needs two N x M x C products
+(S = T R^T, then G = mask R), match=max one.
 Also prints how the efficient time grows with N and with M (it should be linear in both).
 """
 
@@ -40,6 +41,7 @@ def run_case(impl: str, match: str, n: int, m: int, c: int, dtype: str, repeat: 
     ref = torch.nn.functional.normalize(torch.randn(m, c), dim=1)
     tau = 0.02  # selects ~15% of pairs of random 2048-d vectors, like mid-training S
     mm = torch.bfloat16 if dtype == "bf16" else None
+    rate = matmul_rate(mm or torch.float32)  # in this process, just before: the roofline
     base = _rss_mb()
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = []
@@ -54,7 +56,7 @@ def run_case(impl: str, match: str, n: int, m: int, c: int, dtype: str, repeat: 
         times.append(time.perf_counter() - t0)
         del x, loss
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"sec": min(times), "extra_mb": max(peak, peak0) - base}
+    return {"sec": min(times), "extra_mb": max(peak, peak0) - base, "rate": rate}
 
 
 def matmul_rate(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> float:
@@ -90,7 +92,8 @@ def main() -> None:
     rate16 = matmul_rate(torch.bfloat16)
     print(f"# loss_bench: N={n} C={c} K={k}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"matmul rate: fp32 {rate32 / 1e9:.0f} GFLOP/s, bf16 {rate16 / 1e9:.0f} GFLOP/s\n")
+    print(f"matmul rate at the start: fp32 {rate32 / 1e9:.0f} GFLOP/s, bf16 {rate16 / 1e9:.0f} "
+          "GFLOP/s (each case measures its own, just before it runs)\n")
     print("| match | Q | M | plain s | plain MB | efficient s | efficient MB | roofline s "
           "| eff/plain time | eff/roofline | eff/plain memory | bf16 s | bf16/roofline(bf16) |")
     print("|---" * 13 + "|")
@@ -103,7 +106,8 @@ def main() -> None:
             eff = _subprocess("efficient", match, n, m, c, "fp32", args.repeat)
             bf = None if args.no_bf16 else _subprocess("efficient", match, n, m, c, "bf16",
                                                        args.repeat)
-            roof, roof16 = flops / rate32, flops / rate16
+            roof = flops / eff["rate"]  # the rate measured in the case's own process
+            roof16 = None if bf is None else flops / bf["rate"]
             row = dict(match=match, q=q, m=m, plain=plain, eff=eff, bf16=bf, roofline=roof)
             rows.append(row)
             bf_txt = "-" if bf is None else f"{bf['sec']:.2f} | {bf['sec'] / roof16:.2f}x"
