@@ -118,12 +118,12 @@ class _CosineAlignment(torch.autograd.Function):
         rows = _rows(grad)  # a view when it can be one (B == 1, or channels_last)
         direct = rows.untyped_storage().data_ptr() == grad.untyped_storage().data_ptr()
         scale = -grad_loss.to(g.dtype) / max(ctx.count, 1)
-        step = max(1, ctx.chunk_bytes // (4 * C))
+        step = max(1, min(ctx.chunk_bytes, 16 << 20) // (4 * C))  # three (rows, C) temporaries
         for i in range(0, x.shape[0], step):
             sl = slice(i, i + step)
             inv = inv_norm[sl, None]
             t, g_c = x[sl].to(g.dtype) * inv, g[sl]  # (rows, C)
-            dots = (t.unsqueeze(1) @ g_c.unsqueeze(2)).squeeze(2)  # (rows, 1): T . G
+            dots = (t * g_c).sum(1, keepdim=True)  # (rows, 1): T . G
             rows[sl] = torch.addcmul(g_c, t, dots, value=-1).mul_(scale * inv)
         if not direct:
             grad.copy_(rows.reshape(grad.shape[0], *grad.shape[2:], C).permute(0, 3, 1, 2))
@@ -138,7 +138,7 @@ def cosine_alignment(
     match: str = "all",
     ref_cls: Tensor | None = None,
     pseudo: Tensor | None = None,
-    chunk_bytes: int = 16 << 20,
+    chunk_bytes: int = 32 << 20,
     matmul_dtype: torch.dtype | None = None,
 ) -> Alignment:
     """The loss and its selection counts.
