@@ -5,9 +5,9 @@
 
 Each (implementation, match, Q) case runs forward + backward in a fresh subprocess, so that its
 peak resident memory above the inputs ("extra memory") is its own. The roofline time is the
-FLOPs the case needs divided by the matrix-multiply rate (a 2048^3 product, fp32 or bf16 as the
-case) measured in the case's own process just before it: match=all needs two N x M x C products
-(S = T R^T, then G = mask R), match=max one.
+FLOPs the case needs divided by the sustained matrix-multiply rate (2048^3 products back to back
+for 1.5 s, fp32 or bf16 as the case) measured in the case's own process just before it:
+match=all needs two N x M x C products (S = T R^T, then G = mask R), match=max one.
 Also prints how the efficient time grows with N and with M (it should be linear in both).
 """
 
@@ -59,16 +59,16 @@ def run_case(impl: str, match: str, n: int, m: int, c: int, dtype: str, repeat: 
     return {"sec": min(times), "extra_mb": max(peak, peak0) - base, "rate": rate}
 
 
-def matmul_rate(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> float:
-    """Achieved FLOP/s of a size^3 matrix product on this machine."""
+def matmul_rate(dtype: torch.dtype, size: int = 2048, seconds: float = 1.5) -> float:
+    """Sustained FLOP/s of size^3 matrix products run back to back for ``seconds``: on a
+    shared machine the best of a few short bursts overstates what a multi-second loss sees."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+    count, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
         a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best
+        count += 1
+    return 2 * size**3 * count / elapsed
 
 
 def _subprocess(impl, match, n, m, c, dtype, repeat) -> dict:
