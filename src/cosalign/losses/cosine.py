@@ -71,7 +71,8 @@ def _groups(pseudo: Tensor | None, n: int, r: Tensor, ref_cls: Tensor | None):
 
 
 def _rows(f: Tensor) -> Tensor:
-    """(B, C, h, w) -> (B*h*w, C), one row per position: a view when B == 1, else a copy."""
+    """(B, C, h, w) -> (B*h*w, C), one row per position: a view when B == 1 or f is
+    channels_last, else a copy."""
     return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
 
 
