@@ -87,7 +87,6 @@ def main() -> None:
     args = p.parse_args()
     n, c, qs = (2048, 512, (100, 300)) if args.quick else (8385, 2048, (100, 300, 1000))
     k = 19
-    torch.set_num_threads(torch.get_num_threads())
     rate32 = matmul_rate(torch.float32)
     rate16 = matmul_rate(torch.bfloat16)
     print(f"# loss_bench: N={n} C={c} K={k}, {platform.processor() or platform.machine()}, "
