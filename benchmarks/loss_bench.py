@@ -6,8 +6,10 @@
 Each (implementation, match, Q) case runs forward + backward in a fresh subprocess, so that its
 peak resident memory above the inputs ("extra memory") is its own. The roofline time is the
 FLOPs the case needs divided by the sustained matrix-multiply rate (2048^3 products back to back
-for 1.5 s, fp32 or bf16 as the case) measured in the case's own process just before it:
-match=all needs two N x M x C products (S = T R^T, then G = mask R), match=max one.
+for 1 s, fp32 or bf16 as the case), measured in the case's own process just before each repeat:
+eff/roofline is the median over repeats of time x rate / FLOPs, so that each time is compared
+with the rate of its own moment on this shared, drifting machine. match=all needs two
+N x M x C products (S = T R^T, then G = mask R), match=max one.
 Also prints how the efficient time grows with N and with M (it should be linear in both).
 """
 
@@ -17,6 +19,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +36,9 @@ def _rss_mb() -> float:
 
 
 def run_case(impl: str, match: str, n: int, m: int, c: int, dtype: str, repeat: int) -> dict:
-    """One case in this process: best time of ``repeat`` fwd+bwd and peak extra memory (MB)."""
+    """One case in this process: best time of ``repeat`` fwd+bwd, the matmul rate measured
+    just before each (so that each time has its own roofline on this drifting machine), and
+    peak extra memory (MB)."""
     from cosalign.losses.cosine import cosine_alignment, cosine_alignment_plain
 
     torch.manual_seed(0)
@@ -41,11 +46,13 @@ def run_case(impl: str, match: str, n: int, m: int, c: int, dtype: str, repeat: 
     ref = torch.nn.functional.normalize(torch.randn(m, c), dim=1)
     tau = 0.02  # selects ~15% of pairs of random 2048-d vectors, like mid-training S
     mm = torch.bfloat16 if dtype == "bf16" else None
-    rate = matmul_rate(mm or torch.float32)  # in this process, just before: the roofline
+    rate = MatmulRate(mm or torch.float32)  # its buffers exist before the memory baseline
+    rate.measure(0.2)
     base = _rss_mb()
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    times = []
+    times, rates = [], []
     for _ in range(repeat):
+        rates.append(rate.measure())
         x = f_t.clone().requires_grad_()
         t0 = time.perf_counter()
         if impl == "plain":
@@ -56,19 +63,32 @@ def run_case(impl: str, match: str, n: int, m: int, c: int, dtype: str, repeat: 
         times.append(time.perf_counter() - t0)
         del x, loss
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"sec": min(times), "extra_mb": max(peak, peak0) - base, "rate": rate}
+    return {"sec": min(times), "times": times, "rates": rates,
+            "extra_mb": max(peak, peak0) - base}
 
 
-def matmul_rate(dtype: torch.dtype, size: int = 2048, seconds: float = 1.5) -> float:
-    """Sustained FLOP/s of size^3 matrix products run back to back for ``seconds``: on a
-    shared machine the best of a few short bursts overstates what a multi-second loss sees."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    count, t0 = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < seconds:
-        a @ b
-        count += 1
-    return 2 * size**3 * count / elapsed
+class MatmulRate:
+    """Sustained FLOP/s of size^3 matrix products run back to back, into a preallocated output
+    (so that measuring allocates nothing): on a shared machine the best of a few short bursts
+    overstates what a multi-second loss sees."""
+
+    def __init__(self, dtype: torch.dtype, size: int = 2048) -> None:
+        self.a, self.b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        self.out = torch.empty(size, size, dtype=dtype)
+        self.flops = 2 * size**3
+
+    def measure(self, seconds: float = 1.0) -> float:
+        torch.mm(self.a, self.b, out=self.out)
+        count, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            torch.mm(self.a, self.b, out=self.out)
+            count += 1
+        return self.flops * count / elapsed
+
+
+def roofline_ratio(case: dict, flops: float) -> float:
+    """Median over repeats of time / (flops / rate measured just before that repeat)."""
+    return statistics.median(t * r / flops for t, r in zip(case["times"], case["rates"]))
 
 
 def _subprocess(impl, match, n, m, c, dtype, repeat) -> dict:
@@ -87,16 +107,15 @@ def main() -> None:
     args = p.parse_args()
     n, c, qs = (2048, 512, (100, 300)) if args.quick else (8385, 2048, (100, 300, 1000))
     k = 19
-    rate32 = matmul_rate(torch.float32)
-    rate16 = matmul_rate(torch.bfloat16)
+    rate32 = MatmulRate(torch.float32).measure(1.5)
+    rate16 = MatmulRate(torch.bfloat16).measure(1.5)
     print(f"# loss_bench: N={n} C={c} K={k}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"matmul rate at the start: fp32 {rate32 / 1e9:.0f} GFLOP/s, bf16 {rate16 / 1e9:.0f} "
-          "GFLOP/s (each case measures its own, just before it runs)\n")
+          "GFLOP/s (each case measures its own before each repeat)\n")
     print("| match | Q | M | plain s | plain MB | efficient s | efficient MB | roofline s "
           "| eff/plain time | eff/roofline | eff/plain memory | bf16 s | bf16/roofline(bf16) |")
     print("|---" * 13 + "|")
-    rows = []
     for match in ("all", "max"):
         for q in qs:
             m = k * q
@@ -105,14 +124,11 @@ def main() -> None:
             eff = _subprocess("efficient", match, n, m, c, "fp32", args.repeat)
             bf = None if args.no_bf16 else _subprocess("efficient", match, n, m, c, "bf16",
                                                        args.repeat)
-            roof = flops / eff["rate"]  # the rate measured in the case's own process
-            roof16 = None if bf is None else flops / bf["rate"]
-            row = dict(match=match, q=q, m=m, plain=plain, eff=eff, bf16=bf, roofline=roof)
-            rows.append(row)
-            bf_txt = "-" if bf is None else f"{bf['sec']:.2f} | {bf['sec'] / roof16:.2f}x"
+            roof = flops / statistics.median(eff["rates"])
+            bf_txt = "-" if bf is None else f"{bf['sec']:.2f} | {roofline_ratio(bf, flops):.2f}x"
             print(f"| {match} | {q} | {m} | {plain['sec']:.2f} | {plain['extra_mb']:.0f} | "
                   f"{eff['sec']:.2f} | {eff['extra_mb']:.0f} | {roof:.2f} | "
-                  f"{eff['sec'] / plain['sec']:.2f}x | {eff['sec'] / roof:.2f}x | "
+                  f"{eff['sec'] / plain['sec']:.2f}x | {roofline_ratio(eff, flops):.2f}x | "
                   f"{eff['extra_mb'] / max(plain['extra_mb'], 1):.3f} | {bf_txt} |", flush=True)
     print("\nscaling of the efficient loss (match=all, fp32): time vs N and vs M")
     print("| N | M | s | s / (N M) relative to the first row |")

@@ -14,6 +14,7 @@ from cosalign.losses import (
     cosine_alignment_plain,
     labelled_features,
 )
+from cosalign.losses.cosine import _ref_tiles
 
 
 def naive_loss(f_t, ref, ref_cls, pseudo, tau, match):
@@ -156,7 +157,7 @@ def test_module_form_and_bad_switches():
 
 @pytest.mark.parametrize("shape", [(1, 6, 1, 1), (2, 6, 3, 4)])
 def test_inputs_are_left_unchanged(shape):
-    # a single position makes the (positions, C) view of f_t contiguous: no in-place writes
+    # the loss works on a (C, positions) view of f_t: it must never write through it
     g = torch.Generator().manual_seed(6)
     f_t = torch.randn(*shape, generator=g) * 3
     ref = F.normalize(torch.randn(10, 6, generator=g), dim=1)
@@ -166,14 +167,18 @@ def test_inputs_are_left_unchanged(shape):
     torch.testing.assert_close(ref, ref_copy, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("layout", ["one image", "channels_last", "bf16"])
+@pytest.mark.parametrize("layout", ["one image", "channels_last", "transposed", "bf16"])
 def test_gradient_in_every_feature_layout(layout):
-    # B == 1 and channels_last write the gradient in place of f_t's layout; B > 1 copies
+    # contiguous and channels_last features are read in place and get a gradient in their own
+    # layout; any other layout (here h and w swapped in memory) is copied first
     f_t, ref, ref_cls, pseudo = make_case(7, "dictionary")
     if layout == "one image":
         f_t, pseudo = f_t[:1], pseudo[:1]
     elif layout == "channels_last":
         f_t = f_t.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        f_t = f_t.transpose(2, 3).contiguous().transpose(2, 3)
+        assert not f_t.is_contiguous()
     else:
         f_t = f_t.bfloat16()
     a = f_t.clone().requires_grad_()
@@ -181,5 +186,36 @@ def test_gradient_in_every_feature_layout(layout):
     cosine_alignment(a, ref, tau=0.1, ref_cls=ref_cls, pseudo=pseudo).loss.backward()
     cosine_alignment_plain(b, ref, tau=0.1, ref_cls=ref_cls, pseudo=pseudo).backward()
     assert a.grad.dtype == f_t.dtype and a.grad.abs().sum() > 0
+    if layout == "channels_last":
+        assert a.grad.is_contiguous(memory_format=torch.channels_last)
     tol = dict(atol=1e-2, rtol=1e-2) if layout == "bf16" else dict(atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(a.grad.float(), b.grad, **tol)
+
+
+@pytest.mark.parametrize("match", ["all", "max"])
+@pytest.mark.parametrize("restrict", [False, True])
+def test_reference_set_split_into_tiles(match, restrict):
+    # M = 9000 > 4096: S is built in tiles of reference rows (3 here), with the default chunk
+    g = torch.Generator().manual_seed(8)
+    f_t = torch.randn(2, 16, 4, 8, generator=g)
+    ref = F.normalize(torch.randn(9000, 16, generator=g), dim=1)
+    ref_cls = torch.randint(0, 3, (9000,), generator=g)
+    pseudo = torch.randint(0, 3, (2, 4, 8), generator=g)
+    kw = dict(ref_cls=ref_cls, pseudo=pseudo) if restrict else {}
+    a = f_t.clone().requires_grad_()
+    b = f_t.clone().requires_grad_()
+    out = cosine_alignment(a, ref, tau=0.3, match=match, **kw)
+    out.loss.backward()
+    expected = cosine_alignment_plain(b, ref, tau=0.3, match=match, **kw)
+    expected.backward()
+    assert out.selected > 0
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_tiles_cover_every_entry_once():
+    r = torch.arange(10007.0)[:, None]
+    tiles = _ref_tiles(r, most=4096)
+    assert [len(t) for _, t in tiles] == [3336, 3336, 3335]
+    assert torch.equal(torch.cat([t for _, t in tiles]), r)
+    assert all(torch.equal(t, r[o : o + len(t)]) for o, t in tiles)
