@@ -14,8 +14,10 @@ With T = normalize(f_t) flattened to (N, C) and a detached, normalized reference
 With ``ref_cls`` and ``pseudo`` given (class_restrict="pseudo"), row i only sees the entries whose
 class is ``pseudo[i]``. The mask is piecewise constant, so with G = mask R (N, C) computed without
 gradient, L = (count - sum_i T_i . G_i) / max(count, 1) has the same value and the same gradient,
--G / count, as the literal formula. S is built in chunks of rows and never held whole: memory is
-O(N C + chunk M) instead of the O(N M) that plain autograd keeps.
+-G / count, as the literal formula. S is built one block (at most 4096 reference entries x a
+chunk of positions, 32 MiB) at a time and never held whole: memory is O(N C + block) instead of
+the O(N M) that plain autograd keeps. The time is that of the two products (one for "max") plus
+a few passes over the N x C features; docs/PERFORMANCE.md measures both.
 """
 
 from __future__ import annotations
@@ -213,8 +215,9 @@ def cosine_alignment(
             head at each target position. Both or neither (class_restrict="pseudo").
     ``matmul_dtype=torch.bfloat16`` runs the products in bf16 (normalization stays fp32); the
     default is the features' dtype promoted to at least float32. ``chunk_bytes`` bounds the
-    part of S that exists at once; besides it, the forward keeps G (the size of f_t in fp32)
-    and 1/|x| per position, and the backward writes the gradient chunk by chunk.
+    block of S that exists at once; besides it, the forward keeps G (the size of f_t, in
+    float32) and two numbers per position (1/|x| and x . G), and the backward is two
+    elementwise passes that write the gradient in f_t's layout.
 
     Example:
         >>> f_t = torch.randn(2, 16, 4, 8, requires_grad=True)
