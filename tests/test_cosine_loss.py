@@ -169,8 +169,9 @@ def test_inputs_are_left_unchanged(shape):
 
 @pytest.mark.parametrize("layout", ["one image", "channels_last", "transposed", "bf16"])
 def test_gradient_in_every_feature_layout(layout):
-    # contiguous and channels_last features are read in place and get a gradient in their own
-    # layout; any other layout (here h and w swapped in memory) is copied first
+    # one image, or channels_last features, are read in place as (C, positions) and get a
+    # gradient in their own layout; any other layout (a batch of several contiguous images, h
+    # and w swapped in memory) is copied first and gets a contiguous gradient
     f_t, ref, ref_cls, pseudo = make_case(7, "dictionary")
     if layout == "one image":
         f_t, pseudo = f_t[:1], pseudo[:1]
@@ -188,6 +189,8 @@ def test_gradient_in_every_feature_layout(layout):
     assert a.grad.dtype == f_t.dtype and a.grad.abs().sum() > 0
     if layout == "channels_last":
         assert a.grad.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert a.grad.is_contiguous()
     tol = dict(atol=1e-2, rtol=1e-2) if layout == "bf16" else dict(atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(a.grad.float(), b.grad, **tol)
 

@@ -44,12 +44,9 @@ def flatten_normalized(f: Tensor) -> Tensor:
 
 
 def _as_columns(f: Tensor) -> Tensor:
-    """(B, C, h, w) -> (B, C, h*w), always a view: contiguous and channels_last features are
-    viewed as they are; any other layout is copied to contiguous first."""
-    try:
-        return f.view(f.shape[0], f.shape[1], -1)
-    except RuntimeError:
-        return f.contiguous().view(f.shape[0], f.shape[1], -1)
+    """(B, C, h, w) -> (C, B*h*w), one column per position: a view of f when B == 1 or f is
+    channels_last (the paper's batch of one costs no copy), else a copy."""
+    return f.transpose(0, 1).reshape(f.shape[1], -1)
 
 
 def _column_dots(a: Tensor, b: Tensor, cols: int = 1024) -> Tensor:
@@ -82,15 +79,15 @@ def _ref_tiles(r: Tensor, most: int = 4096) -> list[tuple[int, Tensor]]:
     return [(o, r[o : o + size]) for o in range(0, r.shape[0], size)]
 
 
-def _groups(pseudo: Tensor | None, b: int, p: int, r: Tensor, ref_cls: Tensor | None):
-    """(positions, reference rows) pairs for image b: all its p positions (a slice) against the
-    whole reference set, or under class restriction the positions predicted as k (an index
-    tensor) against the entries of class k."""
+def _groups(pseudo: Tensor | None, n: int, r: Tensor, ref_cls: Tensor | None):
+    """(positions, reference rows) pairs: all n positions (a slice) against the whole reference
+    set, or under class restriction the positions predicted as k (an index tensor) against the
+    entries of class k."""
     if pseudo is None:
         if r.shape[0] > 0:
-            yield slice(0, p), r
+            yield slice(0, n), r
         return
-    flat = pseudo[b].reshape(-1)
+    flat = pseudo.reshape(-1)
     for k in torch.unique(flat).tolist():
         r_k = r[ref_cls == k]
         if r_k.shape[0] > 0:
@@ -139,60 +136,60 @@ def _match_max(x_mm, thr, tiles, r, g_c, count, buf):
 
 
 class _CosineAlignment(torch.autograd.Function):
-    """Forward: L and G = mask R, a block of S at a time, working on the features' own (C, hw)
-    layout with unnormalized x (S_ij > tau  <=>  R_j . x_i > tau |x_i|). Backward, per position:
+    """Forward: L and G = mask R, a block of S at a time, on the (C, N) columns of the features
+    with x unnormalized (S_ij > tau  <=>  R_j . x_i > tau |x_i|). Backward, per position:
     dL/dx = -(G - T (T . G)) / (count |x|) = a G + b x with a = -1 / (count |x|) and
     b = (x . G) / (count |x|^3), from x, 1/|x|, x . G and G alone."""
 
     @staticmethod
     def forward(ctx, f_t, r, ref_cls, pseudo, tau, match, chunk_bytes, mm_dtype):
-        x = _as_columns(f_t.detach())  # (B, C, P)
-        B, C, P = x.shape
+        x = _as_columns(f_t.detach())  # (C, N)
+        C, N = x.shape
         dtype = torch.promote_types(x.dtype, torch.float32)
-        g = (torch.empty_like if pseudo is None else torch.zeros_like)(x, dtype=dtype)  # G
-        inv_norm = torch.stack([_column_dots(x[b], x[b]) for b in range(B)]).sqrt_()
-        inv_norm = inv_norm.clamp_min_(1e-12).reciprocal_()  # (B, P)
-        xg = torch.zeros(B, P, dtype=dtype, device=x.device)  # x . G per position
+        every = pseudo is None and r.shape[0] > 0  # then every column of G gets written
+        g = (torch.empty_like if every else torch.zeros_like)(x, dtype=dtype)  # G: (C, N)
+        inv_norm = _column_dots(x, x).sqrt_().clamp_min_(1e-12).reciprocal_()  # (N,)
+        thr = (tau / inv_norm).to(mm_dtype)  # S_ij > tau  <=>  R_j . x_i > tau |x_i|
+        xg = torch.zeros(N, dtype=dtype, device=x.device)  # x . G per position
         count = torch.zeros((), dtype=torch.float64, device=x.device)
         pairs = 0
         elems = min(chunk_bytes // 4, (1 << 24) - 1)  # at most this many elements of S at once
         buf = torch.empty(elems, dtype=mm_dtype, device=x.device)
-        for b in range(B):
-            for pos, r_k in _groups(pseudo, b, P, r, ref_cls):
-                r_mm = r_k.to(mm_dtype)
-                tiles = _ref_tiles(r_mm, most=max(1, min(4096, elems)))
-                step = max(1, elems // tiles[0][1].shape[0])
-                for p in _chunks(pos, step):
-                    x_c = x[b][:, p]  # (C, n): a view for a slice, a gather for an index
-                    thr = tau / inv_norm[b, p].to(mm_dtype)
-                    direct = isinstance(p, slice)
-                    g_c = g[b][:, p] if direct else torch.empty_like(x_c, dtype=dtype)
-                    if match == "all":
-                        _match_all(x_c.to(mm_dtype), thr, tiles, g_c, count, buf)
-                        xg_c = _column_dots(x_c, g_c)
-                    else:
-                        xg_c = _match_max(x_c.to(mm_dtype), thr, tiles, r_k, g_c, count, buf)
-                    if not direct:
-                        g[b][:, p] = g_c
-                    xg[b, p] = xg_c
-                pairs += (P if isinstance(pos, slice) else len(pos)) * r_k.shape[0]
+        for pos, r_k in _groups(pseudo, N, r, ref_cls):
+            r_mm = r_k.to(mm_dtype)
+            tiles = _ref_tiles(r_mm, most=max(1, min(4096, elems)))
+            step = max(1, elems // tiles[0][1].shape[0])
+            for p in _chunks(pos, step):
+                x_c = x[:, p]  # (C, n): a view for a slice, a gather for an index
+                direct = isinstance(p, slice)
+                g_c = g[:, p] if direct else torch.empty_like(x_c, dtype=dtype)
+                if match == "all":
+                    _match_all(x_c.to(mm_dtype), thr[p], tiles, g_c, count, buf)
+                else:
+                    xg[p] = _match_max(x_c.to(mm_dtype), thr[p], tiles, r_k, g_c, count, buf)
+                if not direct:
+                    g[:, p] = g_c
+            pairs += (N if isinstance(pos, slice) else len(pos)) * r_k.shape[0]
+        if match == "all":
+            xg = _column_dots(x, g)
         count = int(count)
         dot = (inv_norm.double() * xg).sum()
-        ctx.save_for_backward(f_t, inv_norm, xg, g)
-        ctx.count = count
+        ctx.save_for_backward(x, inv_norm, xg, g)
+        ctx.count, ctx.f_shape = count, f_t.shape
+        ctx.viewed = x.untyped_storage().data_ptr() == f_t.untyped_storage().data_ptr()
         loss = ((count - dot) / max(count, 1)).to(dtype)
         ctx.mark_non_differentiable(count_t := torch.tensor(count), pairs_t := torch.tensor(pairs))
         return loss, count_t, pairs_t
 
     @staticmethod
     def backward(ctx, grad_loss, _count, _pairs):
-        f_t, inv_norm, xg, g = ctx.saved_tensors
-        x = _as_columns(f_t.detach())
+        x, inv_norm, xg, g = ctx.saved_tensors
         scale = grad_loss.to(g.dtype) / max(ctx.count, 1)
-        a = (-scale * inv_norm)[:, None, :]  # (B, 1, P)
-        b = (scale * inv_norm.pow(3) * xg)[:, None, :]
-        grad = torch.mul(g, a).addcmul_(x, b)  # laid out like g, which is laid out like x
-        return grad.view(f_t.shape).to(f_t.dtype), None, None, None, None, None, None, None
+        a, b = -scale * inv_norm, scale * inv_norm.pow(3) * xg  # (N,) each
+        grad = torch.mul(g, a).addcmul_(x, b)  # (C, N), laid out like g, which is like x
+        B, C, h, w = ctx.f_shape
+        grad = grad.view(C, B, h, w).transpose(0, 1).to(x.dtype)  # f_t's layout if x viewed it
+        return (grad if ctx.viewed else grad.contiguous()), None, None, None, None, None, None, None
 
 
 def cosine_alignment(
