@@ -91,6 +91,51 @@ def roofline_ratio(case: dict, flops: float) -> float:
     return statistics.median(t * r / flops for t, r in zip(case["times"], case["rates"]))
 
 
+def block_rate_ratios(n: int, m: int, c: int, repeat: int = 5) -> tuple[float, float]:
+    """Rate of the loss's two block products (S = R_t x and G += R_t^T mask, on the shapes
+    `cosine_alignment` picks for N=n, M=m) over the 2048^3 rate, each measured for 0.3 s right
+    after a 0.3 s reference burst; medians over ``repeat`` rounds."""
+    from cosalign.losses.cosine import _ref_tiles
+
+    x, ref = torch.randn(c, n), torch.nn.functional.normalize(torch.randn(m, c), dim=1)
+    r_t = _ref_tiles(ref)[0][1]
+    cols = min(n, (32 << 20) // 4 // r_t.shape[0])
+    x_c, s = x[:, :cols], torch.empty(r_t.shape[0], cols)
+    mask, g = (torch.randn(r_t.shape[0], cols) > 1).float(), torch.empty(c, n)[:, :cols]
+    flops, ref_rate = 2 * r_t.shape[0] * c * cols, MatmulRate(torch.float32)
+    products = {"S": lambda: torch.mm(r_t, x_c, out=s), "G": lambda: g.addmm_(r_t.T, mask)}
+    ratios = {k: [] for k in products}
+    for _ in range(repeat):
+        for k, f in products.items():
+            rate = ref_rate.measure(0.3)
+            f()
+            count, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < 0.3:
+                f()
+                count += 1
+            ratios[k].append(flops * count / elapsed / rate)
+    return statistics.median(ratios["S"]), statistics.median(ratios["G"])
+
+
+def product_share(n: int, m: int, c: int) -> float:
+    """Share of the efficient match=all forward + backward's CPU time spent in matrix products
+    (aten::mm / addmm), from the torch profiler, after one warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cosalign.losses.cosine import cosine_alignment
+
+    f_t = torch.randn(1, c, 1, n)
+    ref = torch.nn.functional.normalize(torch.randn(m, c), dim=1)
+    cosine_alignment(f_t.clone().requires_grad_(), ref, tau=0.02).loss.backward()
+    x = f_t.clone().requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        cosine_alignment(x, ref, tau=0.02).loss.backward()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in
+               ("aten::mm", "aten::addmm", "aten::addmm_")) / total
+
+
 def _subprocess(impl, match, n, m, c, dtype, repeat) -> dict:
     code = (f"import json, sys; sys.path.insert(0, 'benchmarks'); import loss_bench; "
             f"print(json.dumps(loss_bench.run_case({impl!r}, {match!r}, {n}, {m}, {c}, "
@@ -130,6 +175,13 @@ def main() -> None:
                   f"{eff['sec']:.2f} | {eff['extra_mb']:.0f} | {roof:.2f} | "
                   f"{eff['sec'] / plain['sec']:.2f}x | {roofline_ratio(eff, flops):.2f}x | "
                   f"{eff['extra_mb'] / max(plain['extra_mb'], 1):.3f} | {bf_txt} |", flush=True)
+    print("\nwhere the time goes (match=all, fp32): the block products' rate / the 2048^3 "
+          "rate (median of 5 interleaved rounds), and the products' share of the loss's time")
+    print("| Q | S product | G product | products' share of the time |")
+    print("|---|---|---|---|")
+    for q in qs:
+        rs, rg = block_rate_ratios(n, k * q, c)
+        print(f"| {q} | {rs:.2f}x | {rg:.2f}x | {product_share(n, k * q, c):.0%} |", flush=True)
     print("\nscaling of the efficient loss (match=all, fp32): time vs N and vs M")
     print("| N | M | s | s / (N M) relative to the first row |")
     print("|---|---|---|---|")
