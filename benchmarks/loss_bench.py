@@ -8,7 +8,8 @@ peak resident memory above the inputs ("extra memory") is its own. The roofline 
 FLOPs the case needs divided by the sustained matrix-multiply rate (2048^3 products back to back
 for 1 s, fp32 or bf16 as the case), measured in the case's own process just before each repeat:
 eff/roofline is the median over repeats of time x rate / FLOPs, so that each time is compared
-with the rate of its own moment on this shared, drifting machine. match=all needs two
+with the rate of its own moment on this shared, drifting machine (the "roofline s" column, like
+the times, is the best of the repeats: FLOPs / the highest rate). match=all needs two
 N x M x C products (S = T R^T, then G = mask R), match=max one.
 Also prints how the efficient time grows with N and with M (it should be linear in both).
 """
@@ -169,7 +170,7 @@ def main() -> None:
             eff = _subprocess("efficient", match, n, m, c, "fp32", args.repeat)
             bf = None if args.no_bf16 else _subprocess("efficient", match, n, m, c, "bf16",
                                                        args.repeat)
-            roof = flops / statistics.median(eff["rates"])
+            roof = flops / max(eff["rates"])  # at the machine's best moment, like "sec"
             bf_txt = "-" if bf is None else f"{bf['sec']:.2f} | {roofline_ratio(bf, flops):.2f}x"
             print(f"| {match} | {q} | {m} | {plain['sec']:.2f} | {plain['extra_mb']:.0f} | "
                   f"{eff['sec']:.2f} | {eff['extra_mb']:.0f} | {roof:.2f} | "
