@@ -102,7 +102,7 @@ def block_rate_ratios(n: int, m: int, c: int, repeat: int = 5) -> tuple[float, f
     r_t = _ref_tiles(ref)[0][1]
     cols = min(n, (32 << 20) // 4 // r_t.shape[0])
     x_c, s = x[:, :cols], torch.empty(r_t.shape[0], cols)
-    mask, g = (torch.randn(r_t.shape[0], cols) > 1).float(), torch.empty(c, n)[:, :cols]
+    mask, g = (torch.randn(r_t.shape[0], cols) > 1).float(), torch.zeros(c, n)[:, :cols]
     flops, ref_rate = 2 * r_t.shape[0] * c * cols, MatmulRate(torch.float32)
     products = {"S": lambda: torch.mm(r_t, x_c, out=s), "G": lambda: g.addmm_(r_t.T, mask)}
     ratios = {k: [] for k in products}
