@@ -96,11 +96,11 @@ def block_rate_ratios(n: int, m: int, c: int, repeat: int = 5) -> tuple[float, f
     """Rate of the loss's two block products (S = R_t x and G += R_t^T mask, on the shapes
     `cosine_alignment` picks for N=n, M=m) over the 2048^3 rate, each measured for 0.3 s right
     after a 0.3 s reference burst; medians over ``repeat`` rounds."""
-    from cosalign.losses.cosine import _ref_tiles
+    from cosalign.losses.cosine import CHUNK_BYTES, _ref_tiles
 
     x, ref = torch.randn(c, n), torch.nn.functional.normalize(torch.randn(m, c), dim=1)
     r_t = _ref_tiles(ref)[0][1]
-    cols = min(n, (32 << 20) // 4 // r_t.shape[0])
+    cols = min(n, CHUNK_BYTES // 4 // r_t.shape[0])
     x_c, s = x[:, :cols], torch.empty(r_t.shape[0], cols)
     mask, g = (torch.randn(r_t.shape[0], cols) > 1).float(), torch.zeros(c, n)[:, :cols]
     flops, ref_rate = 2 * r_t.shape[0] * c * cols, MatmulRate(torch.float32)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MATCH_MODES = ("all", "max")
+CHUNK_BYTES = 32 << 20  # default bound on the block of S that exists at once
 
 
 class Alignment(NamedTuple):
@@ -75,7 +76,8 @@ def _ref_tiles(r: Tensor, most: int = 4096) -> list[tuple[int, Tensor]]:
     """(offset, tile) pairs that split the reference rows into near-equal tiles of at most
     ``most`` entries. S is built one (tile x chunk of positions) block at a time; blocks of
     about 4096 x 2048 keep the products near this CPU's peak rate."""
-    size = -(-r.shape[0] // -(-r.shape[0] // most))
+    tiles = -(-r.shape[0] // most)  # ceil(M / most)
+    size = -(-r.shape[0] // tiles)  # ceil(M / tiles)
     return [(o, r[o : o + size]) for o in range(0, r.shape[0], size)]
 
 
@@ -144,7 +146,7 @@ class _CosineAlignment(torch.autograd.Function):
     @staticmethod
     def forward(ctx, f_t, r, ref_cls, pseudo, tau, match, chunk_bytes, mm_dtype):
         x = _as_columns(f_t.detach())  # (C, N)
-        C, N = x.shape
+        N = x.shape[1]
         dtype = torch.promote_types(x.dtype, torch.float32)
         every = pseudo is None and r.shape[0] > 0  # then every column of G gets written
         g = (torch.empty_like if every else torch.zeros_like)(x, dtype=dtype)  # G: (C, N)
@@ -200,7 +202,7 @@ def cosine_alignment(
     match: str = "all",
     ref_cls: Tensor | None = None,
     pseudo: Tensor | None = None,
-    chunk_bytes: int = 32 << 20,
+    chunk_bytes: int = CHUNK_BYTES,
     matmul_dtype: torch.dtype | None = None,
 ) -> Alignment:
     """The loss and its selection counts.
