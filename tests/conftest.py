@@ -1,4 +1,10 @@
-"""Shared fixtures: a tiny MiniCity written once per test session."""
+"""Shared fixtures: a tiny MiniCity written once per test session, and the test device.
+
+``COSALIGN_TEST_DEVICE=cuda pytest`` runs every test that trains, resumes, evaluates, predicts
+or computes a loss on the GPU (``device`` fixture, ``train.device`` of ``tiny_config``); the
+default is the CPU, which is what CI runs. Tests that stay on the CPU whatever the switch say why
+in their docstring.
+"""
 
 import os
 import tempfile
@@ -13,6 +19,24 @@ from cosalign.data.minicity import MiniCitySpec, make_minicity  # noqa: E402
 from cosalign.demo import minicity_config  # noqa: E402
 
 torch.set_num_threads(2)
+
+TEST_DEVICE = os.environ.get("COSALIGN_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config):
+    if TEST_DEVICE not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"COSALIGN_TEST_DEVICE must be cpu or cuda, got {TEST_DEVICE!r}")
+    if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("COSALIGN_TEST_DEVICE=cuda, but torch sees no CUDA device")
+
+
+def pytest_report_header(config):
+    return f"cosalign test device: {TEST_DEVICE} (COSALIGN_TEST_DEVICE)"
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return torch.device(TEST_DEVICE)
 
 TINY = MiniCitySpec(num_source=12, num_source_val=4, num_target_train=8, num_target_val=4,
                     source_size=(96, 54), target_size=(96, 48), seed=3)
@@ -33,4 +57,5 @@ def tiny_config(tiny_minicity):
         "data.batch_size=2", "model.width=0.125", "train.iters=6", "optim.schedule_iters=6",
         "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=3",
         "loss.capacity=8", "loss.cos=0.1", "loss.tau=0.0", "loss.start_iter=0",
+        f"train.device={TEST_DEVICE}",
     ])

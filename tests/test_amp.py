@@ -1,4 +1,4 @@
-"""Mixed precision: bf16 autocast on the CPU, the loss normalizing in fp32."""
+"""Mixed precision: bf16 autocast on the test device, the loss normalizing in fp32."""
 
 import copy
 
@@ -10,16 +10,16 @@ from cosalign.losses import cosine_alignment
 from cosalign.models import DeepLabV2
 
 
-def test_loss_under_bf16_features_matches_fp32():
+def test_loss_under_bf16_features_matches_fp32(device):
     torch.manual_seed(0)
-    model = DeepLabV2(num_classes=19, depth=18, width=0.25, bn="train").eval()
-    x = torch.randn(2, 3, 64, 128)
+    model = DeepLabV2(num_classes=19, depth=18, width=0.25, bn="train").eval().to(device)
+    x = torch.randn(2, 3, 64, 128, device=device)
     with torch.no_grad():
         f32 = model(x).features
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             f16 = model(x).features
     assert f16.dtype == torch.bfloat16
-    ref = torch.nn.functional.normalize(torch.randn(300, f32.shape[1]), dim=1)
+    ref = torch.nn.functional.normalize(torch.randn(300, f32.shape[1], device=device), dim=1)
     a = cosine_alignment(f32, ref, tau=0.0)
     b = cosine_alignment(f16, ref, tau=0.0)
     assert b.loss.dtype == torch.float32  # normalized and reduced in fp32
@@ -36,6 +36,7 @@ def test_bf16_training_run_is_finite_and_close(tiny_config, tmp_path):
 
 
 def test_fp16_needs_cuda():
+    """CPU by nature: it checks the refusal on a machine without CUDA."""
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="fp16 needs CUDA"):

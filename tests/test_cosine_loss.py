@@ -1,4 +1,5 @@
-"""The cosine loss against a naive loop over target pixels and reference entries."""
+"""The cosine loss against a naive loop over target pixels and reference entries, on the test
+device (COSALIGN_TEST_DEVICE)."""
 
 import itertools
 import math
@@ -39,7 +40,7 @@ def naive_loss(f_t, ref, ref_cls, pseudo, tau, match):
     return total / max(count, 1), count
 
 
-def make_case(seed, reference):
+def make_case(seed, reference, device):
     g = torch.Generator().manual_seed(seed)
     f_t = torch.randn(2, 6, 3, 4, generator=g)
     if reference == "dictionary":
@@ -53,15 +54,15 @@ def make_case(seed, reference):
         y[y == 4] = 255
         ref, ref_cls = labelled_features(torch.randn(2, 6, 3, 4, generator=g), y)
     pseudo = torch.randint(0, 4, (2, 3, 4), generator=g)
-    return f_t, ref, ref_cls, pseudo
+    return f_t.to(device), ref.to(device), ref_cls.to(device), pseudo.to(device)
 
 
 @pytest.mark.parametrize("match", ["all", "max"])
 @pytest.mark.parametrize("class_restrict", ["none", "pseudo"])
 @pytest.mark.parametrize("reference", ["dictionary", "batch"])
 @pytest.mark.parametrize("tau", [-0.2, 0.1, 0.5])
-def test_loss_equals_naive_loop(match, class_restrict, reference, tau):
-    f_t, ref, ref_cls, pseudo = make_case(0, reference)
+def test_loss_equals_naive_loop(match, class_restrict, reference, tau, device):
+    f_t, ref, ref_cls, pseudo = make_case(0, reference, device)
     if class_restrict == "none":
         ref_cls_arg, pseudo_arg = None, None
     else:
@@ -81,8 +82,8 @@ def test_loss_equals_naive_loop(match, class_restrict, reference, tau):
 
 @pytest.mark.parametrize("match", ["all", "max"])
 @pytest.mark.parametrize("restrict", [False, True])
-def test_gradient_equals_plain_autograd(match, restrict):
-    f_t, ref, ref_cls, pseudo = make_case(1, "dictionary")
+def test_gradient_equals_plain_autograd(match, restrict, device):
+    f_t, ref, ref_cls, pseudo = make_case(1, "dictionary", device)
     kw = dict(ref_cls=ref_cls, pseudo=pseudo) if restrict else {}
     a = f_t.clone().requires_grad_()
     b = f_t.clone().requires_grad_()
@@ -93,8 +94,8 @@ def test_gradient_equals_plain_autograd(match, restrict):
 
 
 @pytest.mark.parametrize("match", ["all", "max"])
-def test_gradcheck_float64(match):
-    f_t, ref, _, _ = make_case(2, "dictionary")
+def test_gradcheck_float64(match, device):
+    f_t, ref, _, _ = make_case(2, "dictionary", device)
     f_t = f_t.double().requires_grad_()
     ref = ref.double()
     assert torch.autograd.gradcheck(
@@ -103,8 +104,8 @@ def test_gradcheck_float64(match):
 
 
 @pytest.mark.parametrize("match", ["all", "max"])
-def test_nothing_selected_gives_zero_and_zero_gradient(match):
-    f_t, ref, _, _ = make_case(3, "dictionary")
+def test_nothing_selected_gives_zero_and_zero_gradient(match, device):
+    f_t, ref, _, _ = make_case(3, "dictionary", device)
     f_t.requires_grad_()
     out = cosine_alignment(f_t, ref, tau=1.0, match=match)
     out.loss.backward()
@@ -116,8 +117,34 @@ def test_nothing_selected_gives_zero_and_zero_gradient(match):
     assert empty.loss.item() == 0.0 and empty.pairs == 0
 
 
-def test_gradient_reaches_target_features_only():
-    f_t, ref, _, _ = make_case(4, "dictionary")
+@pytest.mark.parametrize("restrict", [False, True])
+def test_selected_count_stays_on_the_device(restrict, device):
+    # reading it would wait for the GPU: the training loop reads it only when it logs
+    f_t, ref, ref_cls, pseudo = make_case(9, "dictionary", device)
+    kw = dict(ref_cls=ref_cls, pseudo=pseudo) if restrict else {}
+    out = cosine_alignment(f_t, ref, tau=0.1, **kw)
+    assert isinstance(out.selected, torch.Tensor) and out.selected.device == f_t.device
+    assert out.loss.device == f_t.device and isinstance(out.pairs, int)
+    expected = naive_loss(f_t, ref, ref_cls, pseudo if restrict else None, 0.1, "all")[1]
+    assert int(out.selected) == expected
+
+
+def test_products_follow_bf16_features(device, monkeypatch):
+    # features made under bf16 autocast: the products run in bf16, normalization in fp32
+    import cosalign.losses.cosine as cosine
+
+    seen = []
+    real = cosine._match_all
+    monkeypatch.setattr(cosine, "_match_all", lambda x_mm, *a: seen.append(x_mm.dtype) or
+                        real(x_mm, *a))
+    f_t, ref, _, _ = make_case(10, "dictionary", device)
+    assert cosine_alignment(f_t.bfloat16(), ref, tau=0.1).loss.dtype == torch.float32
+    assert cosine_alignment(f_t, ref, tau=0.1).loss.dtype == torch.float32
+    assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_gradient_reaches_target_features_only(device):
+    f_t, ref, _, _ = make_case(4, "dictionary", device)
     f_t.requires_grad_()
     ref = ref.clone().requires_grad_()
     cosine_alignment(f_t, ref, tau=0.0).loss.backward()
@@ -125,25 +152,25 @@ def test_gradient_reaches_target_features_only():
     assert ref.grad is None
 
 
-def test_loss_is_one_minus_cosine_for_a_single_pair():
+def test_loss_is_one_minus_cosine_for_a_single_pair(device):
     # One target vector at 60 degrees from the only entry: cos = 0.5, loss = 0.5.
-    f_t = torch.tensor([1.0, math.sqrt(3.0)]).reshape(1, 2, 1, 1)
-    ref = torch.tensor([[1.0, 0.0]])
+    f_t = torch.tensor([1.0, math.sqrt(3.0)], device=device).reshape(1, 2, 1, 1)
+    ref = torch.tensor([[1.0, 0.0]], device=device)
     assert cosine_alignment(f_t, ref, tau=0.4).loss.item() == pytest.approx(0.5)
     assert cosine_alignment(f_t, ref, tau=0.6).loss.item() == 0.0
 
 
-def test_bf16_matmul_close_to_fp32():
+def test_bf16_matmul_close_to_fp32(device):
     g = torch.Generator().manual_seed(5)
-    f_t = torch.randn(2, 64, 8, 8, generator=g)
-    ref = F.normalize(torch.randn(300, 64, generator=g), dim=1)
+    f_t = torch.randn(2, 64, 8, 8, generator=g).to(device)
+    ref = F.normalize(torch.randn(300, 64, generator=g), dim=1).to(device)
     a = cosine_alignment(f_t, ref, tau=0.1).loss
     b = cosine_alignment(f_t, ref, tau=0.1, matmul_dtype=torch.bfloat16).loss
     assert b.item() == pytest.approx(a.item(), rel=2e-2)
 
 
-def test_module_form_and_bad_switches():
-    f_t, ref, ref_cls, pseudo = make_case(6, "dictionary")
+def test_module_form_and_bad_switches(device):
+    f_t, ref, ref_cls, pseudo = make_case(6, "dictionary", device)
     loss = CosineAlignmentLoss(tau=0.1, class_restrict="pseudo")(f_t, ref, ref_cls, pseudo)
     expected, _ = naive_loss(f_t, ref, ref_cls, pseudo, 0.1, "all")
     assert loss.item() == pytest.approx(expected, abs=1e-5)
@@ -156,11 +183,11 @@ def test_module_form_and_bad_switches():
 
 
 @pytest.mark.parametrize("shape", [(1, 6, 1, 1), (2, 6, 3, 4)])
-def test_inputs_are_left_unchanged(shape):
+def test_inputs_are_left_unchanged(shape, device):
     # the loss works on a (C, positions) view of f_t: it must never write through it
     g = torch.Generator().manual_seed(6)
-    f_t = torch.randn(*shape, generator=g) * 3
-    ref = F.normalize(torch.randn(10, 6, generator=g), dim=1)
+    f_t = (torch.randn(*shape, generator=g) * 3).to(device)
+    ref = F.normalize(torch.randn(10, 6, generator=g), dim=1).to(device)
     f_copy, ref_copy = f_t.clone(), ref.clone()
     cosine_alignment(f_t.requires_grad_(), ref, tau=-1.0).loss.backward()
     torch.testing.assert_close(f_t.detach(), f_copy, rtol=0, atol=0)
@@ -168,11 +195,11 @@ def test_inputs_are_left_unchanged(shape):
 
 
 @pytest.mark.parametrize("layout", ["one image", "channels_last", "transposed", "bf16"])
-def test_gradient_in_every_feature_layout(layout):
+def test_gradient_in_every_feature_layout(layout, device):
     # one image, or channels_last features, are read in place as (C, positions) and get a
     # gradient in their own layout; any other layout (a batch of several contiguous images, h
     # and w swapped in memory) is copied first and gets a contiguous gradient
-    f_t, ref, ref_cls, pseudo = make_case(7, "dictionary")
+    f_t, ref, ref_cls, pseudo = make_case(7, "dictionary", device)
     if layout == "one image":
         f_t, pseudo = f_t[:1], pseudo[:1]
     elif layout == "channels_last":
@@ -199,13 +226,13 @@ def test_gradient_in_every_feature_layout(layout):
 
 @pytest.mark.parametrize("match", ["all", "max"])
 @pytest.mark.parametrize("restrict", [False, True])
-def test_reference_set_split_into_tiles(match, restrict):
+def test_reference_set_split_into_tiles(match, restrict, device):
     # M = 9000 > 4096: S is built in tiles of reference rows (3 here), with the default chunk
     g = torch.Generator().manual_seed(8)
-    f_t = torch.randn(2, 16, 4, 8, generator=g)
-    ref = F.normalize(torch.randn(9000, 16, generator=g), dim=1)
-    ref_cls = torch.randint(0, 3, (9000,), generator=g)
-    pseudo = torch.randint(0, 3, (2, 4, 8), generator=g)
+    f_t = torch.randn(2, 16, 4, 8, generator=g).to(device)
+    ref = F.normalize(torch.randn(9000, 16, generator=g), dim=1).to(device)
+    ref_cls = torch.randint(0, 3, (9000,), generator=g).to(device)
+    pseudo = torch.randint(0, 3, (2, 4, 8), generator=g).to(device)
     kw = dict(ref_cls=ref_cls, pseudo=pseudo) if restrict else {}
     a = f_t.clone().requires_grad_()
     b = f_t.clone().requires_grad_()

@@ -182,6 +182,23 @@ def test_data_check_finds_every_problem(tmp_path, capsys):
     assert "NOT usable" in capsys.readouterr().out
 
 
+def test_data_check_covers_every_cityscapes_split_and_counts_what_is_there(tmp_path, capsys):
+    root = make_cityscapes(tmp_path / "c", split="train")
+    make_cityscapes(root, split="val", per_city=1, cities=("lindau", "munster"))
+    next((root / "gtFine" / "val" / "munster").glob("*_labelIds.png")).unlink()  # 2 images, 1 label
+    assert main(["data", "check", str(root), "--dataset", "cityscapes", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "(train): 4 images, 4 labels" in out and "verdict: usable" in out
+    assert "(val): 2 images, 1 labels" in out and "1 label file(s) missing" in out
+    assert "2 splits (train, val): NOT usable (val)" in out
+    assert main(["data", "check", str(root), "--dataset", "cityscapes", "--split", "train",
+                 "--quiet"]) == 0
+    assert "(val)" not in capsys.readouterr().out
+    assert main(["data", "check", str(root), "--dataset", "cityscapes", "--split", "val",
+                 "--quiet"]) == 1
+    assert "(val): 2 images, 1 labels" in capsys.readouterr().out
+
+
 def test_data_check_flags_pillow_round_tripped_synthia_label(tmp_path):
     root = make_synthia(tmp_path / "s", n=2)
     path = root / "GT" / "LABELS" / "0000001.png"

@@ -1,4 +1,4 @@
-"""The class-wise source feature dictionary and the entropy terms."""
+"""The class-wise source feature dictionary and the entropy terms, on the test device."""
 
 import math
 
@@ -43,17 +43,17 @@ def test_push_more_than_capacity_at_once_keeps_last_ones():
     assert sorted(d.reference()[0][:, 0].tolist()) == [6.0, 7.0, 8.0]
 
 
-def test_update_skips_ignore_and_samples_per_image():
-    d = ClassFeatureDictionary(num_classes=3, capacity=100, dim=4, per_image=2)
-    f = torch.randn(2, 4, 2, 2)
-    y = torch.full((2, 4, 4), 255)
+def test_update_skips_ignore_and_samples_per_image(device):
+    d = ClassFeatureDictionary(num_classes=3, capacity=100, dim=4, per_image=2).to(device)
+    f = torch.randn(2, 4, 2, 2, device=device)
+    y = torch.full((2, 4, 4), 255, device=device)
     y[0, :2, :2] = 0  # grid cell (0, 0) of image 0 -> class 0
     y[1, 2:, :] = 1  # bottom row of image 1 -> class 1 (2 cells)
     y[1, :2, :2] = 2  # 1 cell of class 2
     d.update(f, y)
     assert d.filled.tolist() == [1, 2, 1]
     ref, cls = d.reference()
-    torch.testing.assert_close(ref.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(ref.norm(dim=1), torch.ones(4, device=device))
     # class 0's entry is exactly image 0's normalized feature at cell (0, 0)
     torch.testing.assert_close(ref[cls == 0][0], F.normalize(f[0, :, 0, 0], dim=0))
 
@@ -67,11 +67,12 @@ def test_update_mean_mode():
     torch.testing.assert_close(ref[cls == 0][0], F.normalize(f[0, :, 0, :].mean(dim=1), dim=0))
 
 
-def test_state_dict_round_trip():
-    d = ClassFeatureDictionary(num_classes=3, capacity=5, dim=4, per_image=2)
+def test_state_dict_round_trip(device):
+    d = ClassFeatureDictionary(num_classes=3, capacity=5, dim=4, per_image=2).to(device)
     for _ in range(4):
-        d.update(torch.randn(2, 4, 3, 3), torch.randint(0, 3, (2, 6, 6)))
-    e = ClassFeatureDictionary(num_classes=3, capacity=5, dim=4, per_image=2)
+        d.update(torch.randn(2, 4, 3, 3, device=device),
+                 torch.randint(0, 3, (2, 6, 6), device=device))
+    e = ClassFeatureDictionary(num_classes=3, capacity=5, dim=4, per_image=2).to(device)
     e.load_state_dict(d.state_dict())
     for a, b in zip(d.reference(), e.reference()):
         torch.testing.assert_close(a, b)
@@ -113,18 +114,19 @@ def test_self_information_against_formula():
 
 
 @pytest.mark.parametrize("new_capacity", [2, 3, 6])
-def test_loading_into_another_capacity_keeps_the_newest(new_capacity):
+def test_loading_into_another_capacity_keeps_the_newest(new_capacity, device):
+    # saved on the CPU, loaded into a dictionary on the test device (a resume on a GPU)
     d = ClassFeatureDictionary(num_classes=2, capacity=4, dim=1)
     for v in range(1, 8):  # class 0 gets 1..7 (wraps), class 1 gets 10, 20
         d.push(torch.tensor([[float(v)]]), torch.tensor([0]))
     d.push(torch.tensor([[10.0], [20.0]]), torch.tensor([1, 1]))
-    e = ClassFeatureDictionary(num_classes=2, capacity=new_capacity, dim=1)
+    e = ClassFeatureDictionary(num_classes=2, capacity=new_capacity, dim=1).to(device)
     e.load_state_dict(d.state_dict())
     ref, cls = e.reference()
     kept0 = sorted(ref[cls == 0][:, 0].tolist())
     assert kept0 == [float(v) for v in range(8 - min(4, new_capacity), 8)]
     assert sorted(ref[cls == 1][:, 0].tolist()) == [10.0, 20.0][-new_capacity:]
-    e.push(torch.tensor([[99.0]]), torch.tensor([0]))  # and the ring continues correctly
+    e.push(torch.tensor([[99.0]], device=device), torch.tensor([0], device=device))  # ring goes on
     assert 99.0 in e.reference()[0][:, 0].tolist()
     with pytest.raises(ValueError, match="channels differ"):
         ClassFeatureDictionary(num_classes=2, capacity=4, dim=3).load_state_dict(d.state_dict())

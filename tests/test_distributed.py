@@ -1,4 +1,5 @@
-"""torchrun-style training on CPU: 2 processes with the gloo backend."""
+"""torchrun-style training: 2 processes, on 2 GPUs (nccl) when the test device is CUDA and the
+machine has two, else on the CPU with gloo (two processes cannot share one GPU under nccl)."""
 
 import copy
 import os
@@ -11,9 +12,15 @@ import torch.multiprocessing as mp
 from cosalign.config import apply_method
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
-from cosalign.engine.train import batches, train, train_step
+from cosalign.engine.train import as_floats, batches, train, train_step
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.models import build_model
+from tests.conftest import TEST_DEVICE
+
+
+def _ddp_device() -> str:
+    cuda = TEST_DEVICE == "cuda" and torch.cuda.device_count() >= 2
+    return "cuda" if cuda else "cpu"
 
 
 def _free_port() -> int:
@@ -33,18 +40,22 @@ def _steps_worker(rank, world, port, cfg, out_dir):
     _env(rank, world, port)
     from cosalign.data import build_dataset
 
-    distributed.setup()
+    device = distributed.setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, 19)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    model = build_model(cfg.model, 19).to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True)
     d = ClassFeatureDictionary(19, cfg.loss.capacity, model.feature_dim, cfg.loss.per_image)
+    d.to(device)
     opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01, momentum=0.9)
     src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
     tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
     torch.manual_seed(100 + rank)  # different sampling on each rank: the gather must align them
     terms = [train_step(ddp, next(src), next(tgt), it, cfg.loss, d, opt) for it in range(4)]
-    torch.save({"entries": d.entries, "filled": d.filled, "head": d.head, "terms": terms,
-                "weight": model.head.branches[0].weight.detach()}, out_dir / f"rank{rank}.pt")
+    torch.save({"entries": d.entries.cpu(), "filled": d.filled.cpu(), "head": d.head.cpu(),
+                "terms": [as_floats(t) for t in terms],
+                "weight": model.head.branches[0].weight.detach().cpu()}, out_dir / f"rank{rank}.pt")
     distributed.cleanup()
 
 
@@ -56,6 +67,7 @@ def _train_worker(rank, world, port, cfg, run_dir):
 
 def test_dictionary_identical_on_all_ranks(tiny_config, tmp_path):
     cfg = copy.deepcopy(tiny_config)
+    cfg.train.device = _ddp_device()
     mp.spawn(_steps_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert int(r0["filled"].sum()) > 0
@@ -73,6 +85,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_config, tmp_pat
     cfg.data.batch_size = 4
     cfg.optim.lr = 1e-3  # a small step: the comparison measures the mechanics, not chaos
     cfg.train.amp = "none"
+    cfg.train.device = _ddp_device()
     single = train(cfg, tmp_path / "one", progress=False)
     cfg2 = copy.deepcopy(cfg)
     cfg2.data.batch_size = 2  # per process
@@ -86,3 +99,25 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_config, tmp_pat
     metrics = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert metrics and single["miou"]["minicity"] >= 0  # only rank 0 logs (no duplicate lines)
     assert len([m for m in metrics if '"eval"' in m]) == 1
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    """CPU by nature: pretends to be a one-GPU machine asked for a second process."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(distributed.DeviceError, match=r"LOCAL_RANK=1 needs GPU 1, but this "
+                       r"machine has 1 visible GPU.*train.device=cpu"):
+        distributed.setup("auto")
+    assert not distributed.is_distributed()  # refused before any process group
+
+
+def test_device_names_are_checked():
+    """CPU by nature: the refusals of setup()."""
+    with pytest.raises(distributed.DeviceError, match="one of"):
+        distributed.setup("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(distributed.DeviceError, match="no CUDA device"):
+            distributed.setup("cuda")
+    assert distributed.setup("cpu") == torch.device("cpu")

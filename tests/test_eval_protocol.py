@@ -1,4 +1,5 @@
-"""`cosalign eval` end to end, and agreement with the official Cityscapes evaluator."""
+"""`cosalign eval` end to end on the test device, and agreement with the official Cityscapes
+evaluator."""
 
 import importlib
 import json
@@ -43,11 +44,11 @@ def official_scores(pred_paths, gt_paths, monkeypatch, export_dir):
     return ev.evaluateImgLists([str(p) for p in pred_paths], [str(p) for p in gt_paths], ev.args)
 
 
-def test_our_eval_equals_cityscapesscripts(tmp_path, checkpoint, monkeypatch):
+def test_our_eval_equals_cityscapesscripts(tmp_path, checkpoint, monkeypatch, device):
     data = make_cityscapes(tmp_path / "cs", split="val", per_city=3, size=(64, 32))
     preds = tmp_path / "preds"
     ours = evaluate_checkpoint(checkpoint, data_root=str(data), save_predictions=preds,
-                               out=tmp_path / "eval", progress=False)
+                               out=tmp_path / "eval", device=device, progress=False)
     gts = sorted((data / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     assert ours["images"] == len(gts) == 6
     # the official evaluator wants label ids: map our trainId predictions back
@@ -73,10 +74,11 @@ def test_our_eval_equals_cityscapesscripts(tmp_path, checkpoint, monkeypatch):
     assert list((tmp_path / "export").iterdir()) == []  # nothing written, in site-packages or here
 
 
-def test_eval_cli_writes_json_markdown_and_predictions(tmp_path, checkpoint, capsys):
+def test_eval_cli_writes_json_markdown_and_predictions(tmp_path, checkpoint, capsys, device):
     data = make_cityscapes(tmp_path / "cs", split="val", per_city=1, size=(64, 32))
     out = tmp_path / "res"
     code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--quiet",
+                 "--device", device.type,
                  "--save-predictions", str(tmp_path / "p"), "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -88,19 +90,20 @@ def test_eval_cli_writes_json_markdown_and_predictions(tmp_path, checkpoint, cap
     assert len(list((tmp_path / "p").glob("*_color.png"))) == 2
 
 
-def test_tta_is_labelled_and_identity_when_trivial(tmp_path, checkpoint):
+def test_tta_is_labelled_and_identity_when_trivial(tmp_path, checkpoint, device):
     data = make_cityscapes(tmp_path / "cs", split="val", per_city=1, size=(64, 32))
     plain = evaluate_checkpoint(checkpoint, data_root=str(data), out=tmp_path / "a",
-                                progress=False)
+                                device=device, progress=False)
     # a window as large as the input is the plain forward pass, up to the extra resize of
     # its logits to the input size before the resize to label size
     same = evaluate_checkpoint(checkpoint, data_root=str(data), out=tmp_path / "b",
-                               tta=TTA(window=(48, 24)), progress=False)
+                               tta=TTA(window=(48, 24)), device=device, progress=False)
     diff = np.abs(np.array(same["confusion"]) - np.array(plain["confusion"])).sum()
     assert diff < 0.05 * np.sum(plain["confusion"])
     assert "sliding window 48x24" in same["protocol"]
     ms = evaluate_checkpoint(checkpoint, data_root=str(data), out=tmp_path / "c",
-                             tta=TTA(scales=(0.75, 1.0, 1.5), flip=True), progress=False)
+                             tta=TTA(scales=(0.75, 1.0, 1.5), flip=True), device=device,
+                             progress=False)
     assert ms["protocol"] == "TTA: scales [0.75, 1.0, 1.5], flip"
     assert np.sum(ms["confusion"]) == np.sum(plain["confusion"])
 

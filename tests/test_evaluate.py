@@ -15,7 +15,7 @@ from cosalign.engine.evaluate import (
 
 
 @pytest.mark.parametrize("case", ["uint8", "int64", "negative ignore", "large ids"])
-def test_confusion_matrix_equals_nested_loop(case):
+def test_confusion_matrix_equals_nested_loop(case, device):
     g = torch.Generator().manual_seed(0)
     pred = torch.randint(0, 6, (3, 7, 9), generator=g)  # 5: a prediction outside the classes
     target = torch.randint(0, 6, (3, 7, 9), generator=g)
@@ -24,7 +24,7 @@ def test_confusion_matrix_equals_nested_loop(case):
         pred[0, 0, :3] = 700
     if case == "uint8":
         pred, target = pred.to(torch.uint8), target.to(torch.uint8)
-    cm = confusion_matrix(pred, target, 5).numpy()
+    cm = confusion_matrix(pred.to(device), target.to(device), 5).cpu().numpy()
     naive = np.zeros((5, 5), dtype=np.int64)
     for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
         if 0 <= t < 5 and 0 <= p < 5:

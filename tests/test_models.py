@@ -8,9 +8,9 @@ from cosalign.models.resnet import Bottleneck
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
-def test_output_stride_8_and_feature_shapes(depth):
-    model = DeepLabV2(num_classes=5, depth=depth, width=0.125, bn="train").eval()
-    out = model(torch.randn(1, 3, 64, 128))
+def test_output_stride_8_and_feature_shapes(depth, device):
+    model = DeepLabV2(num_classes=5, depth=depth, width=0.125, bn="train").eval().to(device)
+    out = model(torch.randn(1, 3, 64, 128, device=device))
     # conv1 /2 -> 32x64, ceil-mode max-pool /2 -> 17x33 (ceil), layer2 /2 -> 9x17
     assert out.logits.shape == (1, 5, 9, 17)
     assert out.aux.shape == (1, 5, 9, 17)
@@ -57,9 +57,9 @@ def test_every_aspp_branch_contributes():
     assert len(model.head.branches) == 4
 
 
-def test_every_trainable_parameter_gets_a_gradient():
-    model = DeepLabV2(num_classes=4, depth=50, width=0.125, bn="affine_frozen")
-    out = model(torch.randn(2, 3, 64, 64))
+def test_every_trainable_parameter_gets_a_gradient(device):
+    model = DeepLabV2(num_classes=4, depth=50, width=0.125, bn="affine_frozen").to(device)
+    out = model(torch.randn(2, 3, 64, 64, device=device))
     (out.logits.sum() + out.aux.sum()).backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable

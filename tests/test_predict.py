@@ -1,4 +1,5 @@
-"""`cosalign predict` on MiniCity images and on a folder of arbitrary ones."""
+"""`cosalign predict` on MiniCity images and on a folder of arbitrary ones, on the test
+device."""
 
 import copy
 
@@ -22,7 +23,7 @@ def test_predict_writes_train_ids_colour_and_overlay(tiny_config, tiny_minicity,
     cv2.imwrite(str(own), np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8))
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(ckpt), str(folder), str(own), "--out", str(out),
-                 "--quiet"]) == 0
+                 "--quiet", "--device", cfg.train.device]) == 0
     assert "5 image(s)" in capsys.readouterr().out
     ids = cv2.imread(str(out / "photo_trainIds.png"), cv2.IMREAD_UNCHANGED)
     assert ids.shape == (50, 70)  # the image's own resolution

@@ -16,9 +16,10 @@ from cosalign.config import ConfigError
 def _user_errors() -> tuple[type[Exception], ...]:
     from cosalign.data.dataset import DatasetError
     from cosalign.engine.checkpoint import CheckpointError
+    from cosalign.engine.distributed import DeviceError
     from cosalign.models.weights import WeightsError
 
-    return (ConfigError, DatasetError, CheckpointError, WeightsError)
+    return (ConfigError, DatasetError, CheckpointError, DeviceError, WeightsError)
 
 
 def cmd_demo(args) -> int:
@@ -76,12 +77,14 @@ def _tta(args):
 
 
 def cmd_eval(args) -> int:
+    from cosalign.engine import distributed
     from cosalign.engine.evaluate import format_table
     from cosalign.engine.inference import evaluate_checkpoint
 
     results = evaluate_checkpoint(
         args.checkpoint, data_root=args.data, split=args.split, size=args.size, tta=_tta(args),
-        save_predictions=args.save_predictions, out=args.out, progress=not args.quiet)
+        save_predictions=args.save_predictions, out=args.out,
+        device=distributed.setup(args.device), progress=not args.quiet)
     print(f"{results['images']} images, {results['protocol']}")
     for subset in results["miou"]:
         print(format_table({"IoU (%)": results}, subset) + "\n")
@@ -89,30 +92,40 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from cosalign.engine import distributed
     from cosalign.engine.inference import predict_images
 
     files = predict_images(args.checkpoint, args.images, args.out, size=args.size, tta=_tta(args),
-                           progress=not args.quiet)
+                           device=distributed.setup(args.device), progress=not args.quiet)
     print(f"{len(files)} image(s) -> {args.out} (*_trainIds.png, *_color.png, *_overlay.png)")
     return 0
 
 
 def cmd_data_check(args) -> int:
-    from cosalign.data.check import check_dataset
+    from cosalign.data.check import check_splits
 
-    report = check_dataset(args.root, args.dataset, args.split, args.list_file,
+    reports = check_splits(args.root, args.dataset, args.split, args.list_file,
                            progress=not args.quiet)
-    print(report.format())
-    return 0 if report.usable else 1
+    print("\n\n".join(r.format() for r in reports))
+    if len(reports) > 1:
+        bad = [r.split for r in reports if not r.usable]
+        print(f"\n{len(reports)} splits ({', '.join(r.split for r in reports)}): "
+              + (f"NOT usable ({', '.join(bad)})" if bad else "all usable"))
+    return 0 if all(r.usable for r in reports) else 1
 
 
 def cmd_data_convert(args) -> int:
     from cosalign.data.check import convert_labels
 
-    n = convert_labels(args.root, args.dataset, args.split, args.list_file, args.force,
-                       progress=not args.quiet)
+    n = convert_labels(args.root, args.dataset, args.split or "train", args.list_file,
+                       args.force, progress=not args.quiet)
     print(f"wrote {n} *_labelTrainIds.png file(s) under {args.root}")
     return 0
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the GPU when there is one")
 
 
 def _add_tta(p: argparse.ArgumentParser) -> None:
@@ -155,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-predictions", type=Path, metavar="DIR")
     e.add_argument("--out", type=Path, help="results path without suffix (.json and .md)")
     e.add_argument("--quiet", action="store_true")
+    _add_device(e)
     _add_tta(e)
     e.set_defaults(func=cmd_eval)
 
@@ -164,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, type=Path)
     pr.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
     pr.add_argument("--quiet", action="store_true")
+    _add_device(pr)
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -182,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         c = dsub.add_parser(name, help=helptext)
         c.add_argument("root")
         c.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
-        c.add_argument("--split", default="train", help="cityscapes split")
+        c.add_argument("--split", help="cityscapes split (check: default every split present; "
+                       "convert: default train)")
         c.add_argument("--list-file")
         c.add_argument("--quiet", action="store_true")
         if name == "convert":

@@ -102,7 +102,8 @@ class TrainConfig:
     eval_every: int = 5000  # 0: only at the end
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic kernels where they exist (warns where not)
+    device: str = "auto"  # auto (GPU LOCAL_RANK if CUDA is there) | cuda | cpu (gloo if torchrun)
 
 
 @dataclass

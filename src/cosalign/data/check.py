@@ -95,6 +95,7 @@ def check_dataset(root: str | Path, dataset: str, split: str = "train",
         pairs = dataset_pairs(dataset, root, split, list_file, labels=labels)
     except DatasetError as e:
         report.errors.append(str(e))
+        report.images, report.labels = _count_on_disk(dataset, Path(root), split)
         return report
     report.images = len(pairs)
     report.labels = len(pairs) if labels else 0
@@ -134,6 +135,42 @@ def check_dataset(root: str | Path, dataset: str, split: str = "train",
     if labels and sum(report.histogram[:NUM_CLASSES]) == 0 and report.images:
         report.errors.append("no labelled pixel of any evaluated class in the whole tree")
     return report
+
+
+def cityscapes_splits(root: str | Path) -> list[str]:
+    """The splits a Cityscapes tree holds (folders of leftImg8bit/ or gtFine/), sorted."""
+    root = Path(root)
+    found = {d.name for sub in ("leftImg8bit", "gtFine") if (root / sub).is_dir()
+             for d in (root / sub).iterdir() if d.is_dir()}
+    return sorted(found)
+
+
+def check_splits(root: str | Path, dataset: str, split: str | None = None,
+                 list_file: str | Path | None = None,
+                 progress: bool = True) -> list[CheckReport]:
+    """``cosalign data check``: one report per split; for Cityscapes without ``split``, every
+    split the tree holds (so a tree whose val labels are missing is not called usable)."""
+    if dataset == "cityscapes" and split is None:
+        splits = cityscapes_splits(root) or ["train"]  # none: the report says what is missing
+    else:
+        splits = [split or "train"]
+    return [check_dataset(root, dataset, s, list_file, progress) for s in splits]
+
+
+_ON_DISK = {  # (image glob, label glob) of each layout; {split} for Cityscapes
+    "gta5": ("images/*.png", "labels/*.png"),
+    "synthia": ("RGB/*.png", "GT/LABELS/*.png"),
+    "cityscapes": ("leftImg8bit/{split}/*/*_leftImg8bit.png",
+                   "gtFine/{split}/*/*_gtFine_labelIds.png"),
+}
+
+
+def _count_on_disk(dataset: str, root: Path, split: str) -> tuple[int, int]:
+    """Images and raw label files present, for a tree whose pairs cannot be built."""
+    if dataset not in _ON_DISK:
+        return 0, 0
+    return tuple(sum(1 for p in root.glob(g.format(split=split))
+                     if not p.name.endswith("_labelTrainIds.png")) for g in _ON_DISK[dataset])
 
 
 def _orphan_labels(dataset: str, root: Path, split: str) -> list[Path]:

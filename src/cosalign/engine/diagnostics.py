@@ -43,7 +43,7 @@ def feature_stats(f_t: Tensor, ref: Tensor, max_rows: int = 512) -> dict[str, fl
     out["eff_rank"] = float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
     if ref.shape[0] > 0:
         s = (t @ _subsample(ref.float(), 4096, g).T).flatten()
-        q = torch.quantile(s, torch.tensor([0.1, 0.5, 0.9, 0.99], dtype=s.dtype))
+        q = torch.quantile(s, s.new_tensor([0.1, 0.5, 0.9, 0.99]))
         out.update({"s_q10": float(q[0]), "s_q50": float(q[1]), "s_q90": float(q[2]),
                     "s_q99": float(q[3])})
     return out

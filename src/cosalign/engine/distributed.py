@@ -24,13 +24,35 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup() -> torch.device:
-    """Initialize the process group when launched by torchrun; return this process's device."""
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not is_distributed():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """The requested device does not exist on this machine; the message says what to change."""
+
+
+def setup(device: str = "auto") -> torch.device:
+    """This process's device, and the process group when launched by torchrun.
+
+    ``device``: "auto" (GPU ``LOCAL_RANK`` when CUDA is there, else the CPU), "cuda" (the same
+    but an error without CUDA) or "cpu" (also under torchrun: the gloo backend). Checked before
+    the process group starts, so that a bad launch stops with one line instead of inside CUDA.
+    """
+    if device not in DEVICES:
+        raise DeviceError(f"train.device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("train.device=cuda, but torch sees no CUDA device "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda and local >= torch.cuda.device_count():
+        raise DeviceError(
+            f"process LOCAL_RANK={local} needs GPU {local}, but this machine has "
+            f"{torch.cuda.device_count()} visible GPU(s): start at most that many processes per "
+            "machine (torchrun --nproc_per_node), or run on CPUs with --set train.device=cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")

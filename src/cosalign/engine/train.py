@@ -13,6 +13,7 @@ run report the premise diagnostics.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from pathlib import Path
@@ -73,6 +74,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def deterministic_mode(on: bool, device: torch.device):
+    """Deterministic kernels for the duration of a run (``train.deterministic``), then the
+    process's previous settings again (the switch is global to the process).
+
+    Ops without a deterministic kernel (on CUDA e.g. the 2-D NLL loss behind cross-entropy)
+    warn instead of failing, so a run on CUDA is reproducible up to those ops. On CUDA it sets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set; cuBLAS reads it once, so export it before
+    starting Python for products that are deterministic too.
+    """
+    if not on:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.deterministic, cudnn.benchmark = before[2], before[3]
+
+
 def autocast_for(amp: str, device: torch.device):
     if amp == "none":
         return contextlib.nullcontext
@@ -95,15 +124,24 @@ def batches(dataset, batch_size: int, seed: int, start: int, workers: int):
 
 
 def _check(it: int, terms: dict[str, torch.Tensor]) -> None:
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
-            raise NonFiniteLoss(it, name, float(value.detach()))
+    """Raise :class:`NonFiniteLoss` naming the first NaN/inf term (one wait for the GPU)."""
+    if torch.isfinite(torch.stack([v.detach().float() for v in terms.values()])).all():
+        return
+    name, value = next((k, v) for k, v in terms.items() if not torch.isfinite(v).all())
+    raise NonFiniteLoss(it, name, float(value.detach()))
+
+
+def as_floats(terms: dict) -> dict[str, float]:
+    """:func:`train_step`'s terms as Python floats (waits for the GPU: call it to log)."""
+    return {k: float(v) for k, v in terms.items()}
 
 
 def train_step(model, batch_s: dict, batch_t: dict, it: int, cfg: LossConfig,
                dictionary: ClassFeatureDictionary, opt, discs=None, opt_d=None,
                autocast=contextlib.nullcontext, scaler=None, diagnose: bool = False) -> dict:
-    """One iteration of every method. Returns the unweighted loss terms (and diagnostics)."""
+    """One iteration of every method. Returns the unweighted loss terms and diagnostics as
+    detached 0-dim tensors (floats for those made when ``diagnose``): reading them waits for
+    the GPU, so the loop reads them (:func:`as_floats`) only when it logs."""
     device = next(model.parameters()).device
     x_s, y_s = batch_s["image"].to(device), batch_s["label"].to(device)
     x_t = batch_t["image"].to(device)
@@ -151,7 +189,7 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, cfg: LossConfig,
                 ref_cls=None if pseudo is None else ref_cls, pseudo=pseudo,
                 matmul_dtype=torch.bfloat16 if cfg.bf16_matmul else None)
             target_terms["cos"] = al.loss
-            stats["selected"] = al.selected / max(al.pairs, 1)
+            stats["selected"] = al.selected / max(al.pairs, 1)  # a tensor: no wait here
             if diagnose:
                 stats.update(feature_stats(out_t.features, ref))
         if cfg.adv > 0:
@@ -182,7 +220,7 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, cfg: LossConfig,
 
     # 4. the dictionary takes this step's source features (gathered from every rank)
     dictionary.update(f_s, y_s, distributed.all_gather_varlen)
-    return {**{k: float(v.detach()) for k, v in terms.items()}, **stats}
+    return {**{k: v.detach() for k, v in terms.items()}, **stats}
 
 
 def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
@@ -240,11 +278,14 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
     ``stop_at`` pauses the run after that iteration with a checkpoint and no evaluation (returns
     None); calling again resumes it. The demo branches "ours" off a source-only warm-up this way.
     """
-    run_dir = Path(run_dir)
-    device = distributed.setup()
+    device = distributed.setup(cfg.train.device)
+    with deterministic_mode(cfg.train.deterministic, device):
+        return _train(cfg, Path(run_dir), device, progress, stop_at)
+
+
+def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
+           stop_at: int | None) -> dict | None:
     seed_everything(cfg.train.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     main = distributed.is_main()
     subsets = [cfg.data.classes, *cfg.data.extra_classes]
 
@@ -325,9 +366,10 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
         diagnose = (it + 1) % t.log_every == 0
         terms = train_step(net, next(src_iter), next(tgt_iter), it, cfg.loss, dictionary, opt,
                            discs, opt_d, autocast, scaler, diagnose)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()
-                         if k in ("seg", "cos", "ent", "adv")})
-        if diagnose:
+        if diagnose:  # the only place the loop waits for the GPU to read numbers
+            terms = as_floats(terms)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()
+                             if k in ("seg", "cos", "ent", "adv")})
             logger.log(it + 1, "train", {"lr": lr, "sec": time.perf_counter() - t0, **terms})
         last = it + 1 == t.iters
         if main and ((it + 1) % t.checkpoint_every == 0 or it + 1 == end):

@@ -15,9 +15,11 @@ With ``ref_cls`` and ``pseudo`` given (class_restrict="pseudo"), row i only sees
 class is ``pseudo[i]``. The mask is piecewise constant, so with G = mask R (N, C) computed without
 gradient, L = (count - sum_i T_i . G_i) / max(count, 1) has the same value and the same gradient,
 -G / count, as the literal formula. S is built one block (at most 4096 reference entries x a
-chunk of positions, 32 MiB) at a time and never held whole: memory is O(N C + block) instead of
-the O(N M) that plain autograd keeps. The time is that of the two products (one for "max") plus
-a few passes over the N x C features; docs/PERFORMANCE.md measures both.
+chunk of positions: 32 MiB on a CPU, 256 MiB on a GPU) at a time and never held whole: memory is
+O(N C + block) instead of the O(N M) that plain autograd keeps. The time is that of the two
+products (one for "max") plus a few passes over the N x C features; docs/PERFORMANCE.md
+measures both. Nothing in the loss waits for the GPU except, under class restriction, one
+transfer of the per-class counts; the selected count stays a tensor until someone reads it.
 """
 
 from __future__ import annotations
@@ -29,13 +31,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MATCH_MODES = ("all", "max")
-CHUNK_BYTES = 32 << 20  # default bound on the block of S that exists at once
+CHUNK_BYTES = 32 << 20  # default bound on the block of S that exists at once, on a CPU
+GPU_CHUNK_BYTES = 256 << 20  # on a GPU: one block spans every position at the paper's N
 
 
 class Alignment(NamedTuple):
     loss: Tensor  # scalar
-    selected: int  # number of selected (target, reference) pairs
+    selected: Tensor  # 0-dim: number of selected (target, reference) pairs, on f_t's device
     pairs: int  # number of candidate pairs (N * M, or the per-class sum under class restriction)
+
+
+def default_chunk_bytes(device: torch.device) -> int:
+    """The bound on a block of S: cache-sized on a CPU, large on a GPU (fewer, larger
+    products; the block is still allocated only as large as the shapes need)."""
+    return CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES
 
 
 def flatten_normalized(f: Tensor) -> Tensor:
@@ -55,6 +64,8 @@ def _column_dots(a: Tensor, b: Tensor, cols: int = 1024) -> Tensor:
     ``cols`` columns at a time: a product into one reused buffer and a matrix-vector sum,
     several times faster on CPU than a reduction along C."""
     dtype = torch.promote_types(a.dtype, torch.float32)
+    if a.device.type != "cpu":  # no cache to fit on a GPU: one pass
+        return torch.mul(a, b).sum(0, dtype=dtype)
     ones = torch.ones(1, a.shape[0], dtype=dtype, device=a.device)
     buf = torch.empty(a.shape[0], min(cols, a.shape[1]), dtype=dtype, device=a.device)
     out = torch.empty(a.shape[1], dtype=dtype, device=a.device)
@@ -81,19 +92,31 @@ def _ref_tiles(r: Tensor, most: int = 4096) -> list[tuple[int, Tensor]]:
     return [(o, r[o : o + size]) for o in range(0, r.shape[0], size)]
 
 
-def _groups(pseudo: Tensor | None, n: int, r: Tensor, ref_cls: Tensor | None):
+def _groups(pseudo: Tensor | None, n: int, r: Tensor,
+            ref_cls: Tensor | None) -> list[tuple[slice | Tensor, Tensor]]:
     """(positions, reference rows) pairs: all n positions (a slice) against the whole reference
     set, or under class restriction the positions predicted as k (an index tensor) against the
-    entries of class k."""
+    entries of class k. Positions and entries are sorted by class once, so the groups are
+    slices of those orders and the host learns only the per-class counts (one transfer)."""
     if pseudo is None:
-        if r.shape[0] > 0:
-            yield slice(0, n), r
-        return
+        return [(slice(0, n), r)] if r.shape[0] > 0 else []
     flat = pseudo.reshape(-1)
-    for k in torch.unique(flat).tolist():
-        r_k = r[ref_cls == k]
-        if r_k.shape[0] > 0:
-            yield (flat == k).nonzero().squeeze(1), r_k
+    if r.shape[0] == 0 or flat.numel() == 0:
+        return []
+    k = int(torch.maximum(flat.max(), ref_cls.max())) + 1
+    counts = torch.stack((flat.bincount(minlength=k), ref_cls.bincount(minlength=k))).tolist()
+    pos_order = torch.argsort(flat, stable=True)
+    r_sorted = r[torch.argsort(ref_cls, stable=True)]
+    out, p0, q0 = [], 0, 0
+    for n_k, m_k in zip(*counts):
+        if n_k and m_k:
+            out.append((pos_order[p0 : p0 + n_k], r_sorted[q0 : q0 + m_k]))
+        p0, q0 = p0 + n_k, q0 + m_k
+    return out
+
+
+def _len(pos: slice | Tensor) -> int:
+    return pos.stop - pos.start if isinstance(pos, slice) else len(pos)
 
 
 def _chunks(pos: slice | Tensor, step: int):
@@ -110,7 +133,7 @@ def _match_all(x_mm, thr, tiles, g_c, count, buf):
     for k, (_, r_t) in enumerate(tiles):
         s = torch.mm(r_t, x_mm, out=_block(buf, r_t.shape[0], x_mm.shape[1]))  # (M_t, n)
         s.gt_(thr)  # S > tau as 1.0 / 0.0, in place
-        count += s.sum(1, dtype=torch.float32).sum()  # exact: a block holds < 2^24 elements
+        count += s.sum(1, dtype=torch.float32).sum(dtype=count.dtype)  # exact: rows < 2^24
         if s.dtype == g_c.dtype:
             g_c.addmm_(r_t.T, s, beta=min(k, 1))  # beta=0: g_c's old content is ignored
         elif k == 0:
@@ -131,8 +154,9 @@ def _match_max(x_mm, thr, tiles, r, g_c, count, buf):
         best, idx = torch.where(better, v, best), torch.where(better, i + o, idx)
     keep = best > thr
     count += keep.sum()
-    for j in range(0, len(idx), 256):  # the winning rows, transposed a cache-sized block at a time
-        g_c[:, j : j + 256] = r[idx[j : j + 256]].T
+    step = 256 if g_c.device.type == "cpu" else len(idx)  # a cache-sized block at a time on CPU
+    for j in range(0, len(idx), step):  # the winning rows, transposed
+        g_c[:, j : j + step] = r[idx[j : j + step]].T
     g_c.mul_(keep)
     return best.to(g_c.dtype) * keep
 
@@ -155,11 +179,15 @@ class _CosineAlignment(torch.autograd.Function):
         xg = torch.zeros(N, dtype=dtype, device=x.device)  # x . G per position
         count = torch.zeros((), dtype=torch.float64, device=x.device)
         pairs = 0
-        elems = min(chunk_bytes // 4, (1 << 24) - 1)  # at most this many elements of S at once
-        buf = torch.empty(elems, dtype=mm_dtype, device=x.device)
-        for pos, r_k in _groups(pseudo, N, r, ref_cls):
+        elems = max(1, chunk_bytes // 4)  # at most this many elements of S at once
+        most = min(4096, elems)  # reference rows per tile
+        groups = _groups(pseudo, N, r, ref_cls)
+        sizes = [(min(most, r_k.shape[0]), _len(pos)) for pos, r_k in groups]
+        need = max((m * min(n, max(1, elems // m)) for m, n in sizes), default=1)
+        buf = torch.empty(min(elems, need), dtype=mm_dtype, device=x.device)  # one block of S
+        for pos, r_k in groups:
             r_mm = r_k.to(mm_dtype)
-            tiles = _ref_tiles(r_mm, most=max(1, min(4096, elems)))
+            tiles = _ref_tiles(r_mm, most=most)
             step = max(1, elems // tiles[0][1].shape[0])
             for p in _chunks(pos, step):
                 x_c = x[:, p]  # (C, n): a view for a slice, a gather for an index
@@ -171,22 +199,22 @@ class _CosineAlignment(torch.autograd.Function):
                     xg[p] = _match_max(x_c.to(mm_dtype), thr[p], tiles, r_k, g_c, count, buf)
                 if not direct:
                     g[:, p] = g_c
-            pairs += (N if isinstance(pos, slice) else len(pos)) * r_k.shape[0]
+            pairs += _len(pos) * r_k.shape[0]
         if match == "all":
             xg = _column_dots(x, g)
-        count = int(count)
         dot = (inv_norm.double() * xg).sum()
-        ctx.save_for_backward(x, inv_norm, xg, g)
-        ctx.count, ctx.f_shape = count, f_t.shape
+        loss = ((count - dot) / count.clamp_min(1)).to(dtype)
+        ctx.save_for_backward(x, inv_norm, xg, g, count)
+        ctx.f_shape = f_t.shape
         ctx.viewed = x.untyped_storage().data_ptr() == f_t.untyped_storage().data_ptr()
-        loss = ((count - dot) / max(count, 1)).to(dtype)
-        ctx.mark_non_differentiable(count_t := torch.tensor(count), pairs_t := torch.tensor(pairs))
-        return loss, count_t, pairs_t
+        pairs_t = torch.tensor(pairs)  # a host number: a CPU tensor on purpose, no transfer
+        ctx.mark_non_differentiable(count, pairs_t)
+        return loss, count, pairs_t
 
     @staticmethod
     def backward(ctx, grad_loss, _count, _pairs):
-        x, inv_norm, xg, g = ctx.saved_tensors
-        scale = grad_loss.to(g.dtype) / max(ctx.count, 1)
+        x, inv_norm, xg, g, count = ctx.saved_tensors
+        scale = grad_loss.to(g.dtype) / count.clamp_min(1).to(g.dtype)
         a, b = -scale * inv_norm, scale * inv_norm.pow(3) * xg  # (N,) each
         grad = torch.mul(g, a).addcmul_(x, b)  # (C, N), laid out like g, which is like x
         B, C, h, w = ctx.f_shape
@@ -202,7 +230,7 @@ def cosine_alignment(
     match: str = "all",
     ref_cls: Tensor | None = None,
     pseudo: Tensor | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     matmul_dtype: torch.dtype | None = None,
 ) -> Alignment:
     """The loss and its selection counts.
@@ -212,11 +240,14 @@ def cosine_alignment(
         ref: (M, C) reference features, L2-normalized; treated as constant.
         ref_cls: (M,) class of each reference entry; pseudo: (B, h, w) class predicted by the
             head at each target position. Both or neither (class_restrict="pseudo").
-    ``matmul_dtype=torch.bfloat16`` runs the products in bf16 (normalization stays fp32); the
-    default is the features' dtype promoted to at least float32. ``chunk_bytes`` bounds the
-    block of S that exists at once; besides it, the forward keeps G (the size of f_t, in
-    float32) and two numbers per position (1/|x| and x . G), and the backward is two
-    elementwise passes that write the gradient in f_t's layout.
+    ``matmul_dtype`` is the products' dtype; by default bf16 for bf16 features (what autocast
+    makes: the products follow the network's precision) and float32 (or float64 for float64
+    features) otherwise; ``torch.bfloat16`` forces bf16 products for fp32 features. Norms,
+    thresholds, counts and the loss stay in float32 or wider. ``chunk_bytes`` bounds the block
+    of S that exists at once (default: :func:`default_chunk_bytes` of f_t's device); besides
+    it, the forward keeps G (the size of f_t, in float32) and two numbers per position (1/|x|
+    and x . G), and the backward is two elementwise passes that write the gradient in f_t's
+    layout.
 
     Example:
         >>> f_t = torch.randn(2, 16, 4, 8, requires_grad=True)
@@ -228,10 +259,13 @@ def cosine_alignment(
     if (ref_cls is None) != (pseudo is None):
         raise ValueError("class restriction needs both ref_cls and pseudo (or neither)")
     dtype = torch.promote_types(f_t.dtype, torch.float32)
+    if matmul_dtype is None:
+        matmul_dtype = torch.bfloat16 if f_t.dtype == torch.bfloat16 else dtype
     r = ref.detach().to(dtype)
     loss, count, pairs = _CosineAlignment.apply(
-        f_t, r, ref_cls, pseudo, tau, match, chunk_bytes, matmul_dtype or dtype)
-    return Alignment(loss, int(count), int(pairs))
+        f_t, r, ref_cls, pseudo, tau, match, chunk_bytes or default_chunk_bytes(f_t.device),
+        matmul_dtype)
+    return Alignment(loss, count, int(pairs))
 
 
 def cosine_alignment_plain(

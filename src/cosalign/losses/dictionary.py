@@ -90,7 +90,7 @@ class ClassFeatureDictionary(torch.nn.Module):
             raise ValueError(f"saved dictionary has shape {tuple(entries.shape)}, this one "
                              f"{tuple(self.entries.shape)}: classes or channels differ")
         saved = ClassFeatureDictionary(self.num_classes, entries.shape[1], self.dim)
-        saved.load_state_dict(state_dict)
+        saved.to(self.entries.device).load_state_dict(state_dict)  # wherever the state was
         self.filled.zero_()
         self.head.zero_()
         for k in range(self.num_classes):
