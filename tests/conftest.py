@@ -34,6 +34,17 @@ def pytest_report_header(config):
     return f"cosalign test device: {TEST_DEVICE} (COSALIGN_TEST_DEVICE)"
 
 
+def official_module(name: str):
+    """A ``cityscapesscripts`` module, the reference our tables and metrics are tested against.
+    It is a dev dependency (``make test`` installs it), so on the CPU its absence is an error; a
+    GPU run on a machine's own Python may lack it and then skips those comparisons."""
+    import importlib
+
+    if TEST_DEVICE == "cpu":
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason="cityscapesscripts is not installed here")
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     return torch.device(TEST_DEVICE)

@@ -16,6 +16,7 @@ from cosalign.engine.checkpoint import save_checkpoint
 from cosalign.engine.inference import evaluate_checkpoint
 from cosalign.engine.tta import TTA
 from cosalign.models import build_model
+from tests.conftest import official_module
 from tests.trees import make_cityscapes
 
 
@@ -36,7 +37,7 @@ def official_scores(pred_paths, gt_paths, monkeypatch, export_dir):
     export_dir.mkdir()
     monkeypatch.setenv("CITYSCAPES_EXPORT_DIR", str(export_dir))
     monkeypatch.setenv("CITYSCAPES_DATASET", str(export_dir))
-    ev = importlib.import_module("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    ev = official_module("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
     ev = importlib.reload(ev)  # it reads the environment at import time
     ev.args.evalInstLevelScore = False  # its instance score needs np.in1d (gone in numpy 2.4)
     ev.args.JSONOutput = False
@@ -45,6 +46,7 @@ def official_scores(pred_paths, gt_paths, monkeypatch, export_dir):
 
 
 def test_our_eval_equals_cityscapesscripts(tmp_path, checkpoint, monkeypatch, device):
+    official_module("cityscapesscripts")
     data = make_cityscapes(tmp_path / "cs", split="val", per_city=3, size=(64, 32))
     preds = tmp_path / "preds"
     ours = evaluate_checkpoint(checkpoint, data_root=str(data), save_predictions=preds,

@@ -1,0 +1,26 @@
+"""The GPU check command, smoke-run on the CPU at 1/8 size (it runs on CUDA in the same way)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_smoke_run_writes_every_table(tmp_path):
+    out = tmp_path / "gc"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out",
+                           str(out), "--device", "cpu", "--small", "--repeat", "1"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (out / "gpu_check.md").read_text()
+    for heading in ("## tests", "## step", "## loss", "## e2e"):
+        assert heading in report
+    assert "FAILED" not in report
+    assert " passed in " in report  # the suite's summary line
+    for method in ("source_only", "minent", "advent", "ours", "ours_minent"):
+        assert f"| {method} | bf16 |" in report and f"| {method} | fp32 |" in report
+    assert report.count("| efficient |") == 10 and report.count("| plain |") == 5
+    assert "killed with checkpoints [2]" in report
+    assert "match: iterations 4 / 4" in report
+    assert "2 coloured predictions" in report
