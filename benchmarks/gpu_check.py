@@ -223,11 +223,34 @@ def section_loss(args, device) -> tuple[str, bool]:
                          f"{sec / roof:.2f}x", mem, vs])
     head = ["match", "Q", "implementation", "products", "ms fwd+bwd", "/ roofline",
             "extra MiB", "extra / plain's"]
+    where = where_the_time_goes(f_t, ref, device)  # ref: the last case's, Q = 1000
     note = (f"N = {n}, C = {c}, M = 19 Q, tau 0.02, best of {args.repeat}; product rates "
             f"measured here ({size}^3): fp32 {rates[torch.float32] / 1e12:.1f} TFLOP/s, "
             f"bf16 {rates[torch.bfloat16] / 1e12:.1f} TFLOP/s. The roofline counts the "
             "products alone (restricted: 1/19 of them, one class per position).")
-    return note + "\n\n" + table(head, rows), True
+    return note + "\n\n" + table(head, rows) + "\n\n" + where, True
+
+
+def where_the_time_goes(f_t, ref, device, top: int = 10) -> str:
+    """The profiler's busiest ops in one efficient match=all forward + backward with bf16
+    products (the case farthest from its roofline): device time on a GPU, CPU time on a CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = functools.partial(loss_step, "efficient", f_t, ref, "all", torch.bfloat16, {})
+    run()
+    sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
+    total = sum(getattr(e, key) for e in events) or 1
+    rows = [[e.key, e.count, f"{getattr(e, key) / 1e3:.2f}", f"{getattr(e, key) / total:.0%}"]
+            for e in events[:top]]
+    return (f"Where the time goes (match=all, Q = {ref.shape[0] // 19}, bf16 products, one "
+            f"call, torch profiler, {'device' if device.type == 'cuda' else 'CPU'} self time):"
+            "\n\n" + table(["op", "calls", "ms", "share"], rows))
 
 
 # --- the paper preset end to end ------------------------------------------------------------
