@@ -41,3 +41,30 @@ def test_fp16_needs_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         autocast_for("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("setting, expected", [(None, torch.bfloat16), (False, torch.float32),
+                                               (True, torch.bfloat16)])
+def test_loss_products_follow_autocast_unless_set(tiny_config, device, monkeypatch, setting,
+                                                  expected):
+    import cosalign.losses.cosine as cosine
+    from cosalign.data import build_dataset
+    from cosalign.engine.train import batches, train_step
+    from cosalign.losses import ClassFeatureDictionary
+    from cosalign.models import build_model
+
+    seen = []
+    real = cosine._match_all
+    monkeypatch.setattr(cosine, "_match_all", lambda x_mm, *a: seen.append(x_mm.dtype) or
+                        real(x_mm, *a))
+    cfg = copy.deepcopy(tiny_config)
+    cfg.loss.bf16_matmul, cfg.loss.class_restrict = setting, "none"
+    model = build_model(cfg.model, 19).to(device)
+    d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
+    src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
+    tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    for it in range(2):  # the first step fills the dictionary, the second uses it
+        train_step(model, next(src), next(tgt), it, cfg.loss, d, opt,
+                   autocast=autocast_for("bf16", device))
+    assert seen and set(seen) == {expected}

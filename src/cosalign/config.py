@@ -74,7 +74,9 @@ class LossConfig:
     per_image: int = 16  # q, positions enqueued per image and class
     enqueue: str = "pixels"  # pixels | mean
     start_iter: int = 0  # the cosine loss is applied from this iteration on
-    bf16_matmul: bool = False  # the loss's products in bf16 (normalization stays fp32)
+    # the loss's products: null = the features' precision (bf16 under train.amp=bf16),
+    # true = bf16, false = fp32; norms, thresholds and sums stay fp32 in every case
+    bf16_matmul: bool | None = None
     ent: float = 0.0  # MinEnt, main head
     ent_aux: float = 0.0
     adv: float = 0.0  # AdvEnt, main head

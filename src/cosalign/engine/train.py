@@ -53,6 +53,7 @@ from cosalign.models import Discriminator, build_model
 from cosalign.models.weights import load_weights
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
+MATMUL_DTYPES = {None: None, True: torch.bfloat16, False: torch.float32}  # loss.bf16_matmul
 
 
 class NonFiniteLoss(RuntimeError):
@@ -187,7 +188,7 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, cfg: LossConfig,
             al = cosine_alignment(
                 out_t.features, ref, tau=cfg.tau, match=cfg.match,
                 ref_cls=None if pseudo is None else ref_cls, pseudo=pseudo,
-                matmul_dtype=torch.bfloat16 if cfg.bf16_matmul else None)
+                matmul_dtype=MATMUL_DTYPES[cfg.bf16_matmul])
             target_terms["cos"] = al.loss
             stats["selected"] = al.selected / max(al.pairs, 1)  # a tensor: no wait here
             if diagnose:
