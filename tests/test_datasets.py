@@ -25,7 +25,7 @@ from cosalign.data.synthia import read_synthia_label
 from tests.conftest import official_module
 from tests.trees import make_cityscapes, make_gta5, make_synthia, synthia_label
 
-# METHOD.md section 6, transcribed: SYNTHIA id -> trainId.
+# docs/METHOD.md section 6, transcribed: SYNTHIA id -> trainId.
 SYNTHIA_TABLE = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12,
                  8: 13, 19: 15, 12: 17, 11: 18}
 

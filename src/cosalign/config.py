@@ -117,7 +117,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# Loss weights of each method (shared/METHOD.md section 4); "ours" keeps the preset's lambda_cos.
+# Loss weights of each method (docs/METHOD.md section 4); "ours" keeps the preset's lambda_cos.
 METHODS: dict[str, dict[str, float | None]] = {
     "source_only": {"cos": 0.0, "ent": 0.0, "ent_aux": 0.0, "adv": 0.0, "adv_aux": 0.0},
     "minent": {"cos": 0.0, "ent": 1e-3, "ent_aux": 2e-4, "adv": 0.0, "adv_aux": 0.0},

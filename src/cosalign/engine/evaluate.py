@@ -1,6 +1,6 @@
 """Evaluation: a bincount confusion matrix, per-class IoU and mIoU over a class subset.
 
-Protocol (shared/METHOD.md section 5): the network sees the image at the configured input size;
+Protocol (docs/METHOD.md section 5): the network sees the image at the configured input size;
 its logits are upsampled bilinearly (``align_corners`` True by default, as in the ADVENT line)
 to the label's full resolution and scored there. IoU_k = TP_k / (TP_k + FP_k + FN_k); a class
 with no ground-truth and no predicted pixel has IoU NaN and is left out of the mean, as the

@@ -2,7 +2,7 @@
 
 Chung, Kim, Kwak, "Maximizing Cosine Similarity Between Spatial Features for Unsupervised Domain
 Adaptation in Semantic Segmentation", WACV 2022 (arXiv 2102.13002); our reading is
-shared/METHOD.md section 2.
+docs/METHOD.md section 2.
 
 With T = normalize(f_t) flattened to (N, C) and a detached, normalized reference set R (M, C):
 

@@ -1,4 +1,4 @@
-"""The class-wise source feature dictionary (shared/METHOD.md section 3).
+"""The class-wise source feature dictionary (docs/METHOD.md section 3).
 
 K classes x Q slots x C channels, one ring buffer per class: the newest entries overwrite the
 oldest. After each step the training loop calls :meth:`ClassFeatureDictionary.update` with the

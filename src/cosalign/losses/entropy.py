@@ -1,4 +1,4 @@
-"""MinEnt and AdvEnt terms (Vu et al., "ADVENT", CVPR 2019; shared/METHOD.md section 4).
+"""MinEnt and AdvEnt terms (Vu et al., "ADVENT", CVPR 2019; docs/METHOD.md section 4).
 
 With p = softmax(logits) over K classes at every pixel:
 

@@ -5,7 +5,7 @@ Convolution, and Fully Connected CRFs", TPAMI 2017; the two-head variant of Tsai
 ("AdaptSegNet", CVPR 2018) and Vu et al. ("ADVENT", CVPR 2019).
 
 For the cosine loss the feature extractor E is the backbone and the head G is the ASPP classifier
-(shared/METHOD.md section 2): ``forward`` returns the logits of both heads and the features E
+(docs/METHOD.md section 2): ``forward`` returns the logits of both heads and the features E
 produces, at the layer ``feature_layer`` names.
 """
 

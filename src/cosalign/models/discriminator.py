@@ -1,4 +1,4 @@
-"""The AdvEnt discriminator (Vu et al., "ADVENT", CVPR 2019; shared/METHOD.md section 4).
+"""The AdvEnt discriminator (Vu et al., "ADVENT", CVPR 2019; docs/METHOD.md section 4).
 
 Fully convolutional: five 4x4 convs with stride 2 (64-128-256-512-1 channels, LeakyReLU 0.2 in
 between) on the (B, K, H, W) weighted self-information map; outputs (B, 1, H/32, W/32) logits,
