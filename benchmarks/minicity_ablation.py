@@ -249,6 +249,18 @@ def cmd_methods(args) -> None:
     cmd_report(args)
 
 
+def methods_report() -> None:
+    """Stage 2 through `cosalign report`: per-class IoU, mean ± std over seeds 1-3, gains paired
+    by seed with 95% intervals, and the curves (runs/ablation/report_methods)."""
+    from cosalign.report import report
+
+    runs = sorted(OUT.glob("seed[123]/final *"))
+    if runs:
+        print(f"\n### Stage 2 by `cosalign report {OUT}/seed[123]/final* --out "
+              f"{OUT / 'report_methods'}`\n")
+        print(report(runs, OUT / "report_methods", baseline="source_only"))
+
+
 def _load(seed_dirs) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for d in seed_dirs:
@@ -284,6 +296,7 @@ def cmd_report(args) -> None:
     if gap:
         _gap_report(gap)
     if final:
+        methods_report()
         print("\n### Stage 2: methods, seeds 1-3, MiniCity target val (100 images)\n")
         print("| method | seed 1 | seed 2 | seed 3 | mean ± std | gain over source-only, "
               "same seed: mean ± std |")

@@ -1,4 +1,5 @@
-"""The ``cosalign`` command line: demo, train, eval, predict, data {make, check, convert}.
+"""The ``cosalign`` command line: demo, train, eval, predict, report, data {make, check,
+convert}.
 
 Errors about the user's input (missing dataset, bad config key, unreadable checkpoint) print one
 line naming the file and what was expected, and exit with code 2; a diverged run exits with 1.
@@ -101,6 +102,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from cosalign.report import report
+
+    print(report(args.runs, args.out, args.baseline, tuple(args.by)))
+    print(f"wrote {args.out}/report.md, report.csv, miou.png and train.png")
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from cosalign.data.check import check_splits
 
@@ -181,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(pr)
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
+
+    r = sub.add_parser("report", help="results across runs and seeds: tables with paired "
+                       "intervals, plots")
+    r.add_argument("runs", nargs="+", help="run folders (a folder of runs stands for them all)")
+    r.add_argument("--baseline", default="source_only",
+                   help="the group gains are paired against (default source_only)")
+    r.add_argument("--by", nargs="*", default=[], metavar="KEY",
+                   help="config keys that also split groups, e.g. loss.tau")
+    r.add_argument("--out", default="runs/report", help="folder for report.md/.csv and plots")
+    r.set_defaults(func=cmd_report)
 
     data = sub.add_parser("data", help="datasets: make MiniCity, check or convert a tree")
     dsub = data.add_subparsers(dest="data_command", required=True)

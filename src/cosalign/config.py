@@ -203,11 +203,12 @@ def set_key(cfg: Config, key: str, value) -> None:
     setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested sections -> ``{"section.key": value}``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -238,7 +239,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
             raise ConfigError(f"{file}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: expected a mapping of config sections")
-        for key, value in _flatten(data).items():
+        for key, value in flatten(data).items():
             try:
                 set_key(cfg, key, value)
             except ConfigError as e:
@@ -268,6 +269,6 @@ def json_safe(obj):
 def from_dict(d: dict) -> Config:
     """Inverse of :func:`to_dict` (for configs stored in checkpoints)."""
     cfg = Config()
-    for key, value in _flatten(d).items():
+    for key, value in flatten(d).items():
         set_key(cfg, key, value)
     return cfg

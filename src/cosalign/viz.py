@@ -53,3 +53,40 @@ def comparison_figure(rows: list[dict[str, np.ndarray]], path: Path, title: str 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def curves_figure(panels: dict[str, dict[str, list[tuple[list[int], list[float]]]]],
+                  path: Path) -> None:
+    """One panel per metric; in each, one line per group: the mean over its runs at the
+    iterations all of them logged, with a min-max band when there are several. ``panels``:
+    {metric: {group: [(iterations, values) of each run]}}. Written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, max(1, len(panels)))
+    rows = -(-max(1, len(panels)) // cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(4.2 * cols, 3.0 * rows))
+    for ax, (metric, groups) in zip(axes.flat, panels.items()):
+        for group, curves in groups.items():
+            common = sorted(set.intersection(*(set(it) for it, _ in curves)))
+            vals = np.array([[dict(zip(it, v))[i] for i in common] for it, v in curves], float)
+            line = ax.plot(common, vals.mean(0), marker="o" if len(common) < 3 else None,
+                           markersize=4, label=f"{group} (n={len(curves)})")[0]
+            if len(curves) > 1:
+                ax.fill_between(common, vals.min(0), vals.max(0), alpha=0.2,
+                                color=line.get_color())
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8,
+                   bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) + 2) // 3), 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
