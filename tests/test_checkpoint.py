@@ -115,3 +115,45 @@ def test_killed_process_resumes_to_the_same_weights(tiny_config, tmp_path):
     atol = 1e-6 if cfg.train.device == "cpu" else 1e-5  # CUDA: ops without deterministic kernels
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=atol, rtol=0)
+
+
+def test_optimizer_state_maps_by_name_when_the_parameter_set_changes():
+    from cosalign.models import DeepLabV2
+
+    torch.manual_seed(0)
+    model = DeepLabV2(num_classes=3, depth=18, width=0.125, bn="train")
+    opt = torch.optim.SGD(model.param_groups(0.1), lr=0.1, momentum=0.9)
+    out = model(torch.randn(2, 3, 32, 32))
+    (out.logits.sum() + out.aux.sum()).backward()
+    opt.step()
+    saved = ck.optimizer_state(opt, model)
+    momentum = {n: opt.state[p]["momentum_buffer"] for n, p in model.named_parameters()}
+
+    same = torch.optim.SGD(model.param_groups(0.1), lr=0.1, momentum=0.9)
+    assert ck.load_optimizer(same, model, saved) == ""  # same set: a plain load
+
+    frozen = DeepLabV2(num_classes=3, depth=18, width=0.125, bn="frozen")  # no BN parameters
+    opt2 = torch.optim.SGD(frozen.param_groups(0.1), lr=0.1, momentum=0.9)
+    note = ck.load_optimizer(opt2, frozen, saved)
+    trained = [n for n, p in frozen.named_parameters() if p.requires_grad]
+    assert f"{len(trained)} of {len(trained)} parameters keep theirs" in note
+    for n, p in frozen.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(opt2.state[p]["momentum_buffer"], momentum[n])
+    old_style = {k: v for k, v in saved.items() if k != "param_names"}
+    opt3 = torch.optim.SGD(frozen.param_groups(0.1), lr=0.1, momentum=0.9)
+    assert "starts afresh" in ck.load_optimizer(opt3, frozen, old_style)
+    assert not opt3.state
+
+
+def test_resume_into_frozen_batchnorm_is_not_a_traceback(tiny_config, tmp_path, capsys):
+    from cosalign.engine.train import train
+
+    cfg = copy.deepcopy(tiny_config)
+    assert cfg.model.bn == "train"
+    train(cfg, tmp_path, progress=False, stop_at=3)
+    cfg.model.bn = "frozen"  # branch: BatchNorm frozen from here on
+    train(cfg, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert "config changed: model.bn" in out and "mapped by parameter name" in out
+    assert load_checkpoint(list_checkpoints(tmp_path)[-1])["iteration"] == 6

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import yaml
+
 from cosalign.demo import run_demo
 from tests.conftest import TEST_DEVICE, TINY
 
@@ -14,12 +17,17 @@ def test_demo_writes_table_results_and_figure(tiny_minicity, tmp_path, capsys):
         f"train.device={TEST_DEVICE}"])
     out = capsys.readouterr().out
     assert "| road |" in out and "gain of ours over source-only" in out
-    assert "shared by both runs" in out
+    assert "over the BatchNorm control" in out and "shared by all runs" in out
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["gain"] == summary["gain"]
-    assert set(saved["miou"]) == {"source-only", "ours"}
+    assert set(saved["miou"]) == {"source-only", "BatchNorm control", "ours"}
+    m = saved["miou"]
+    assert saved["gain_over_control"] == pytest.approx(m["ours"] - m["BatchNorm control"])
     assert saved["premise"]["source-only"]["nn_accuracy"] >= 0
     assert (tmp_path / "demo" / "figure.png").stat().st_size > 10_000
-    # the two runs share the warm-up: ours resumed from source-only's checkpoint at 3
-    ours_log = (tmp_path / "demo" / "ours" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(ours_log[0])["iter"] == 4
+    # the runs share the warm-up: ours and the control resumed from source-only's checkpoint
+    for run in ("ours", "target_bn"):
+        log = (tmp_path / "demo" / run / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(log[0])["iter"] == 4
+    control = yaml.safe_load((tmp_path / "demo" / "target_bn" / "config.yaml").read_text())
+    assert control["loss"]["target_bn"] and control["loss"]["cos"] == 0

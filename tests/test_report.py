@@ -75,10 +75,13 @@ def test_by_splits_groups_and_unsplit_differences_warn(tmp_path):
 
 def test_method_names_from_loss_weights():
     base = load_config("minicity")
-    for name in ("source_only", "minent", "advent", "ours", "ours_minent", "ours_advent"):
+    for name in ("source_only", "target_bn", "minent", "advent", "ours", "ours_minent",
+                 "ours_advent"):
         assert method_name(apply_method(copy.deepcopy(base), name)) == name
     control = load_config("minicity", ["loss.ent=1e-12", "loss.ent_aux=0"], "minent")
     assert method_name(control) == "minent (loss.ent=1e-12, loss.ent_aux=0)"
+    three = load_config("minicity", ["loss.ent=0.001", "loss.adv=0.001"], "ours")
+    assert method_name(three).startswith("custom (loss.cos=0.1, loss.ent=0.001")
 
 
 def test_refusals_name_the_folder(tmp_path, capsys):

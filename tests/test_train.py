@@ -192,3 +192,32 @@ def test_advent_step_trains_discriminators_and_fools_them(tiny_config, device):
     assert len(changed) == len(before)  # every discriminator tensor was updated
     # an untrained discriminator outputs ~0 logits: all its BCE terms are near log 2
     assert abs(terms["adv"] - 0.693) < 0.05 and abs(terms["d_adv_tgt"] - 0.693) < 0.05
+
+
+def test_target_bn_control_moves_only_batchnorm_statistics(tiny_config, device):
+    """One step of the control and of source-only from the same weights: identical parameters
+    (no target loss), different BatchNorm running statistics (the target batch went through)."""
+    from cosalign.data import build_dataset
+    from cosalign.engine.train import batches, train_step
+    from cosalign.losses import ClassFeatureDictionary
+    from cosalign.models import build_model
+
+    after = {}
+    for method in ("source_only", "target_bn"):
+        cfg = apply_method(copy.deepcopy(tiny_config), method)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 19).to(device)
+        opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01)
+        d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
+        src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
+        tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1,
+                      0, 0)
+        terms = train_step(model, next(src), next(tgt), 0, cfg.loss, d, opt)
+        assert set(terms) == {"seg", "seg_aux"}  # no target term for either
+        after[method] = {k: v.clone() for k, v in model.state_dict().items()}
+    a, b = after["source_only"], after["target_bn"]
+    params = dict(build_model(tiny_config.model, 19).named_parameters())
+    for key in params:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    stats = [k for k in a if k.endswith("running_mean")]
+    assert stats and all(not torch.equal(a[k], b[k]) for k in stats)

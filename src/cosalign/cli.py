@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cosalign.config import ConfigError
+from cosalign.config import METHODS, ConfigError
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -161,8 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one method (resumes when the run has checkpoints)")
     t.add_argument("--config", help="YAML file or preset name")
-    t.add_argument("--method", choices=["source_only", "minent", "advent", "ours",
-                                        "ours_minent", "ours_advent"])
+    t.add_argument("--method", choices=list(METHODS))
     t.add_argument("--out", help="run folder (default runs/<config>_<method>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run (its config by default)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")

@@ -77,6 +77,9 @@ class LossConfig:
     # the loss's products: null = the features' precision (bf16 under train.amp=bf16),
     # true = bf16, false = fp32; norms, thresholds and sums stay fp32 in every case
     bf16_matmul: bool | None = None
+    # the BatchNorm control: target batches go through the network in train mode (BatchNorm
+    # statistics move toward the target, as under every adaptation loss), with no loss
+    target_bn: bool = False
     ent: float = 0.0  # MinEnt, main head
     ent_aux: float = 0.0
     adv: float = 0.0  # AdvEnt, main head
@@ -118,13 +121,15 @@ class Config:
 
 
 # Loss weights of each method (docs/METHOD.md section 4); "ours" keeps the preset's lambda_cos.
-METHODS: dict[str, dict[str, float | None]] = {
-    "source_only": {"cos": 0.0, "ent": 0.0, "ent_aux": 0.0, "adv": 0.0, "adv_aux": 0.0},
-    "minent": {"cos": 0.0, "ent": 1e-3, "ent_aux": 2e-4, "adv": 0.0, "adv_aux": 0.0},
-    "advent": {"cos": 0.0, "ent": 0.0, "ent_aux": 0.0, "adv": 1e-3, "adv_aux": 2e-4},
-    "ours": {"cos": None, "ent": 0.0, "ent_aux": 0.0, "adv": 0.0, "adv_aux": 0.0},
-    "ours_minent": {"cos": None, "ent": 1e-3, "ent_aux": 2e-4, "adv": 0.0, "adv_aux": 0.0},
-    "ours_advent": {"cos": None, "ent": 0.0, "ent_aux": 0.0, "adv": 1e-3, "adv_aux": 2e-4},
+_OFF = {"cos": 0.0, "ent": 0.0, "ent_aux": 0.0, "adv": 0.0, "adv_aux": 0.0, "target_bn": False}
+METHODS: dict[str, dict[str, float | bool | None]] = {
+    "source_only": _OFF,
+    "target_bn": {**_OFF, "target_bn": True},
+    "minent": {**_OFF, "ent": 1e-3, "ent_aux": 2e-4},
+    "advent": {**_OFF, "adv": 1e-3, "adv_aux": 2e-4},
+    "ours": {**_OFF, "cos": None},
+    "ours_minent": {**_OFF, "cos": None, "ent": 1e-3, "ent_aux": 2e-4},
+    "ours_advent": {**_OFF, "cos": None, "adv": 1e-3, "adv_aux": 2e-4},
 }
 
 

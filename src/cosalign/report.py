@@ -60,13 +60,16 @@ def method_name(cfg: Config) -> str:
     differ from its defaults, e.g. ``minent (loss.ent=1e-12, loss.ent_aux=0)``."""
     loss = cfg.loss
     on = (loss.cos > 0, loss.ent > 0 or loss.ent_aux > 0, loss.adv > 0 or loss.adv_aux > 0)
+    on += (loss.target_bn and not any(on),)  # the control matters only without a target loss
     for name, weights in METHODS.items():
-        pattern = (weights["cos"] is None, weights["ent"] > 0, weights["adv"] > 0)
+        pattern = (weights["cos"] is None, weights["ent"] > 0, weights["adv"] > 0,
+                   weights["target_bn"])
         if pattern == on:
             diff = [f"loss.{k}={getattr(loss, k):g}" for k, v in weights.items()
-                    if v is not None and getattr(loss, k) != v]
+                    if k != "target_bn" and v is not None and getattr(loss, k) != v]
             return f"{name} ({', '.join(diff)})" if diff else name
-    return "custom (" + ", ".join(f"loss.{k}={getattr(loss, k):g}" for k in METHODS["ours"]) + ")"
+    weights = ("cos", "ent", "ent_aux", "adv", "adv_aux")  # e.g. all three losses at once
+    return "custom (" + ", ".join(f"loss.{k}={getattr(loss, k):g}" for k in weights) + ")"
 
 
 def _flat(cfg: Config) -> dict:

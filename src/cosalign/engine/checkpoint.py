@@ -74,6 +74,46 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return state
 
 
+def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    """``opt.state_dict()`` plus the name of each parameter in the optimizer's order, so that a
+    run resumed with another parameter set (a BatchNorm mode, a frozen layer) can map it."""
+    names = {p: n for n, p in model.named_parameters()}
+    return {**opt.state_dict(),
+            "param_names": [names[p] for g in opt.param_groups for p in g["params"]]}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module, saved: dict) -> str:
+    """Load :func:`optimizer_state`. When the parameters differ from the saved ones, each
+    parameter found by name (with the same shape) keeps its state (e.g. SGD momentum) and the
+    others start afresh. Returns what happened, for the resume line ("" when nothing to say)."""
+    names = {p: n for n, p in model.named_parameters()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    current = [names[p] for p in params]
+    saved_names = saved.get("param_names")
+    plain = {k: v for k, v in saved.items() if k != "param_names"}
+    if saved_names == current:
+        opt.load_state_dict(plain)
+        return ""
+    if saved_names is None:  # a checkpoint from before parameter names were saved
+        try:
+            opt.load_state_dict(plain)
+            return ""
+        except ValueError:
+            return ("optimizer state starts afresh: the parameter set changed and the "
+                    "checkpoint does not name its parameters")
+    index = {n: i for i, n in enumerate(saved_names)}
+    fresh = opt.state_dict()  # the current layout: parameters numbered 0.. in group order
+    for j, (name, p) in enumerate(zip(current, params)):
+        state = plain["state"].get(index.get(name, -1))
+        if state is not None and all(not torch.is_tensor(v) or v.dim() == 0 or
+                                     v.shape == p.shape for v in state.values()):
+            fresh["state"][j] = state
+    opt.load_state_dict(fresh)
+    return (f"optimizer state mapped by parameter name: {len(fresh['state'])} of "
+            f"{len(current)} parameters keep theirs, the others start afresh "
+            f"({len(set(saved_names) - set(current))} saved ones are no longer trained)")
+
+
 def rng_state() -> dict:
     state = {
         "python": random.getstate(),

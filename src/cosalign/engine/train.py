@@ -3,7 +3,9 @@
     L = L_seg(source, main) + aux * L_seg(source, aux)
       + cos * L_cos(target features, reference) + ent * L_ent(target) + adv * L_adv(target)
 
-A weight of 0 turns a term off (config.METHODS names the weights of each method). The source
+A weight of 0 turns a term off (config.METHODS names the weights of each method); with every
+target weight 0, ``loss.target_bn`` still sends the target batch through the network in train
+mode, without a loss: the BatchNorm control ("target_bn"). The source
 pass is back-propagated before the target pass, so only one domain's graph is alive at a time.
 The class-wise dictionary is updated with the source features after every step, whatever the
 method: that keeps runs of different methods on the same random stream, and lets a source-only
@@ -35,6 +37,8 @@ from cosalign.engine import distributed
 from cosalign.engine.checkpoint import (
     list_checkpoints,
     load_checkpoint,
+    load_optimizer,
+    optimizer_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -201,6 +205,9 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, cfg: LossConfig,
         _check(it, target_terms)
         backward(sum(weights[k] * v for k, v in target_terms.items()))
         terms.update(target_terms)
+    elif cfg.target_bn:  # the BatchNorm control: target statistics only, nothing to back-propagate
+        with torch.no_grad(), autocast():
+            model(x_t)
     if scaler:
         scaler.step(opt)
         scaler.update()
@@ -265,7 +272,7 @@ def _log_predictions(logger: Logger, model, val, it: int, device, n: int = 2) ->
 def _state(it, model, dictionary, opt, discs, opt_d, scaler, cfg) -> dict:
     return {
         "iteration": it, "config": to_dict(cfg), "model": model.state_dict(),
-        "dictionary": dictionary.state_dict(), "optimizer": opt.state_dict(),
+        "dictionary": dictionary.state_dict(), "optimizer": optimizer_state(opt, model),
         "discriminators": None if discs is None else discs.state_dict(),
         "optimizer_d": None if opt_d is None else opt_d.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(), "rng": rng_state(),
@@ -326,7 +333,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
             dictionary.load_state_dict(state["dictionary"])
         except ValueError as e:  # e.g. a branch that takes features from another layer
             tqdm.write(f"not resuming the dictionary ({e}); it starts empty")
-        opt.load_state_dict(state["optimizer"])
+        opt_note = load_optimizer(opt, model, state["optimizer"])
         if discs is not None and state.get("discriminators") is not None:
             discs.load_state_dict(state["discriminators"])
             opt_d.load_state_dict(state["optimizer_d"])
@@ -337,6 +344,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
         changed = _changed_keys(from_dict(state["config"]), cfg)
         if main:
             note = f" (config changed: {', '.join(changed)})" if changed else ""
+            note += f"; {opt_note}" if opt_note else ""
             tqdm.write(f"resuming {run_dir} from {ckpts[-1].name} at iteration {start}{note}")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
