@@ -1,4 +1,4 @@
-"""The ``cosalign`` command line: demo, train, eval, predict, report, data {make, check,
+"""The ``cosalign`` command line: demo, train, eval, predict, report, viz, data {make, check,
 convert}.
 
 Errors about the user's input (missing dataset, bad config key, unreadable checkpoint) print one
@@ -110,6 +110,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_viz(args) -> int:
+    from cosalign.engine import distributed
+    from cosalign.viz_alignment import run_viz
+
+    run_viz(args.checkpoints, args.out, images=args.images, device=distributed.setup(args.device))
+    print(f"wrote {args.out}/features.png and {args.out}/similarity.png")
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from cosalign.data.check import check_splits
 
@@ -199,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config keys that also split groups, e.g. loss.tau")
     r.add_argument("--out", default="runs/report", help="folder for report.md/.csv and plots")
     r.set_defaults(func=cmd_report)
+
+    v = sub.add_parser("viz", help="see the alignment: feature PCA maps, similarity maps")
+    v.add_argument("checkpoints", nargs="+", help="e.g. a source-only and an adapted checkpoint "
+                   "(before and after); the similarity maps use the last")
+    v.add_argument("--out", default="runs/viz")
+    v.add_argument("--images", type=int, default=20, help="images per domain in the PCA map")
+    _add_device(v)
+    v.set_defaults(func=cmd_viz)
 
     data = sub.add_parser("data", help="datasets: make MiniCity, check or convert a tree")
     dsub = data.add_subparsers(dest="data_command", required=True)
