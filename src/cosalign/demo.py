@@ -5,7 +5,8 @@
    BatchNorm control off that checkpoint (the runs are identical until then, so the warm-up is
    trained once).
 3. Finish the three runs, evaluate them on target val, print the per-class table and the gains,
-   write ``results.json`` and ``figure.png`` (target image, ground truth, each run).
+   write ``results.json``, ``figure.png`` (target image, ground truth, each run), and
+   ``features.png`` and ``similarity.png`` (source-only against ours, as ``cosalign viz``).
 
 The control ("target_bn") sends the target batches through the network in train mode with no
 loss: MiniCity's BatchNorm trains, so the control gets what any adaptation method gets from the
@@ -31,6 +32,7 @@ from cosalign.engine.evaluate import format_table, upsample_logits
 from cosalign.engine.train import train
 from cosalign.models import build_model
 from cosalign.viz import comparison_figure
+from cosalign.viz_alignment import run_viz
 
 CONTROL = "BatchNorm control"  # target_bn: the target batches through BatchNorm, no loss
 
@@ -115,6 +117,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
                         for name in runs}})
     comparison_figure(rows, out_dir / "figure.png", f"MiniCity: ours {gain:+.1f} mIoU over "
                       f"source-only, {own:+.1f} over the BatchNorm control")
+    run_viz([list_checkpoints(dirs[name])[-1] for name in ("source-only", "ours")], out_dir)
     total = time.perf_counter() - t0
     summary = {
         "miou": miou, "gain": gain, "gain_over_control": own, "class_subset": subset,
@@ -124,6 +127,6 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
         "config": to_dict(runs["ours"]),
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'figure.png'} "
-          f"({total / 60:.1f} min in all)")
+    print(f"\nwrote {out_dir / 'results.json'}, {out_dir / 'figure.png'}, and "
+          f"features.png and similarity.png there (cosalign viz) ({total / 60:.1f} min in all)")
     return summary
