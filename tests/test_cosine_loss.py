@@ -251,3 +251,15 @@ def test_reference_tiles_cover_every_entry_once():
     assert [len(t) for _, t in tiles] == [3336, 3336, 3335]
     assert torch.equal(torch.cat([t for _, t in tiles]), r)
     assert all(torch.equal(t, r[o : o + len(t)]) for o, t in tiles)
+
+
+@pytest.mark.parametrize("chunk_bytes", [4 * 4097 * 3 + 4, 4 * 5000 * 7 + 12])
+def test_blocks_fit_their_buffer_for_any_chunk_size(chunk_bytes, device):
+    # chunk sizes that are no multiple of the tile: the buffer must hold the largest block
+    g = torch.Generator().manual_seed(11)
+    f_t = torch.randn(1, 8, 3, 7, generator=g).to(device)
+    ref = F.normalize(torch.randn(9000, 8, generator=g), dim=1).to(device)
+    for match in ("all", "max"):
+        out = cosine_alignment(f_t, ref, tau=0.3, match=match, chunk_bytes=chunk_bytes)
+        expected = cosine_alignment_plain(f_t, ref, tau=0.3, match=match)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-5)

@@ -83,12 +83,17 @@ def _block(buf: Tensor, rows: int, cols: int) -> Tensor:
     return buf[: rows * cols].view(rows, cols)
 
 
+def _tile_rows(m: int, most: int) -> int:
+    """Rows of the first (largest) of the near-equal tiles that split m rows into tiles of at
+    most ``most``: ceil(m / ceil(m / most))."""
+    return -(-m // -(-m // most))
+
+
 def _ref_tiles(r: Tensor, most: int = 4096) -> list[tuple[int, Tensor]]:
     """(offset, tile) pairs that split the reference rows into near-equal tiles of at most
     ``most`` entries. S is built one (tile x chunk of positions) block at a time; blocks of
     about 4096 x 2048 keep the products near this CPU's peak rate."""
-    tiles = -(-r.shape[0] // most)  # ceil(M / most)
-    size = -(-r.shape[0] // tiles)  # ceil(M / tiles)
+    size = _tile_rows(r.shape[0], most)
     return [(o, r[o : o + size]) for o in range(0, r.shape[0], size)]
 
 
@@ -182,9 +187,9 @@ class _CosineAlignment(torch.autograd.Function):
         elems = max(1, chunk_bytes // 4)  # at most this many elements of S at once
         most = min(4096, elems)  # reference rows per tile
         groups = _groups(pseudo, N, r, ref_cls)
-        sizes = [(min(most, r_k.shape[0]), _len(pos)) for pos, r_k in groups]
-        need = max((m * min(n, max(1, elems // m)) for m, n in sizes), default=1)
-        buf = torch.empty(min(elems, need), dtype=mm_dtype, device=x.device)  # one block of S
+        rows = [(_tile_rows(r_k.shape[0], most), _len(pos)) for pos, r_k in groups]
+        need = max((t * min(n, max(1, elems // t)) for t, n in rows), default=1)  # largest block
+        buf = torch.empty(need, dtype=mm_dtype, device=x.device)  # one block of S at a time
         for pos, r_k in groups:
             r_mm = r_k.to(mm_dtype)
             tiles = _ref_tiles(r_mm, most=most)
