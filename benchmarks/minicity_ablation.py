@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/minicity_ablation.py gap       # the gap and the premise, ~20 min
     .venv/bin/python benchmarks/minicity_ablation.py collapse  # diagnostics over time, ~5 min
     .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~40 min
+    .venv/bin/python benchmarks/minicity_ablation.py frozen    # BatchNorm frozen at 500, ~10 min
     .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
 
 Protocol. Every run trains ``train.iters`` iterations of the MiniCity preset. Adaptation starts
@@ -249,6 +250,32 @@ def cmd_methods(args) -> None:
     cmd_report(args)
 
 
+FROZEN_METHODS = {  # BatchNorm frozen (statistics and affine, eval mode) from the branch point
+    "source-only": ("source_only", []),
+    "MinEnt (1e-3, ADVENT)": ("minent", []),
+    "ours": ("ours", []),
+}
+
+
+def cmd_frozen(args) -> None:
+    """Regime (b): the seeds' warm-ups, then BatchNorm frozen from the branch point at 500, so
+    that the target batches cannot move its statistics and the losses act alone."""
+    for seed in (1, 2, 3):
+        for name, (method, overrides) in FROZEN_METHODS.items():
+            run_variant(seed, f"frozen-bn {name}", [*overrides, "model.bn=frozen"], [], method)
+    cmd_report(args)
+
+
+def frozen_report() -> None:
+    from cosalign.report import report
+
+    runs = sorted(OUT.glob("seed[123]/frozen-bn *"))
+    if runs:
+        print(f"\n### BatchNorm frozen from the branch point, by `cosalign report "
+              f"{OUT}/seed[123]/frozen-bn* --out {OUT / 'report_frozen'}`\n")
+        print(report(runs, OUT / "report_frozen", baseline="source_only"))
+
+
 def methods_report() -> None:
     """Stage 2 through `cosalign report`: per-class IoU, mean ± std over seeds 1-3, gains paired
     by seed with 95% intervals, and the curves (runs/ablation/report_methods)."""
@@ -272,7 +299,8 @@ def _load(seed_dirs) -> dict[str, list[dict]]:
 
 def cmd_report(args) -> None:
     runs = _load(sorted(OUT.glob("seed*")))
-    sweep = {k: v for k, v in runs.items() if not k.startswith(("final ", "gap: "))}
+    sweep = {k: v for k, v in runs.items()
+             if not k.startswith(("final ", "gap: ", "frozen-bn "))}
     final = {k[len("final "):]: v for k, v in runs.items() if k.startswith("final ")}
     gap = {k[len("gap: "):]: v for k, v in runs.items() if k.startswith("gap: ")}
     if sweep:
@@ -295,6 +323,7 @@ def cmd_report(args) -> None:
                   f"{_num(te, 'pair_cos', 2)} | {_num(te, 'eff_rank', 1)} |")
     if gap:
         _gap_report(gap)
+    frozen_report()
     if final:
         methods_report()
         print("\n### Stage 2: methods, seeds 1-3, MiniCity target val (100 images)\n")
@@ -340,12 +369,13 @@ def _gap_report(gap: dict[str, list[dict]]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=["sweep", "gap", "collapse", "methods", "report"])
+    p.add_argument("stage", choices=["sweep", "gap", "collapse", "methods", "frozen",
+                                     "report"])
     args = p.parse_args()
     torch.set_num_threads(2)
     make_minicity(DATA)
     {"sweep": cmd_sweep, "gap": cmd_gap, "collapse": cmd_collapse, "methods": cmd_methods,
-     "report": cmd_report}[args.stage](args)
+     "frozen": cmd_frozen, "report": cmd_report}[args.stage](args)
 
 
 if __name__ == "__main__":
