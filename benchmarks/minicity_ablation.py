@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/minicity_ablation.py collapse  # diagnostics over time, ~5 min
     .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~40 min
     .venv/bin/python benchmarks/minicity_ablation.py frozen    # BatchNorm frozen at 500, ~10 min
+    ... methods --more-seeds 2; ... frozen --more-seeds 2   # seeds 4 and 5 (key methods), ~16 min
     .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
 
 Protocol. Every run trains ``train.iters`` iterations of the MiniCity preset. Adaptation starts
@@ -241,12 +242,17 @@ def cmd_collapse(args) -> None:
               f"{t.get('eff_rank', float('nan')):.1f} | {r['miou']['minicity']:.1f} |")
 
 
+MORE_SEEDS = (4, 5)
+KEY_METHODS = ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours")
+
+
 def cmd_methods(args) -> None:
-    for seed in (1, 2, 3):
-        for name, (method, overrides) in {**REFERENCE_METHODS,
-                                          "ours": ("ours", []),
-                                          "ours + MinEnt": ("ours_minent", [])}.items():
-            run_variant(seed, f"final {name}", overrides, [], method)
+    """Seeds 1-3: every method; seeds 4 and 5 (``--more-seeds``): the key ones."""
+    variants = {**REFERENCE_METHODS, "ours": ("ours", []), "ours + MinEnt": ("ours_minent", [])}
+    for seed in (1, 2, 3, *MORE_SEEDS[: args.more_seeds]):
+        for name, (method, overrides) in variants.items():
+            if seed <= 3 or name in KEY_METHODS:
+                run_variant(seed, f"final {name}", overrides, [], method)
     cmd_report(args)
 
 
@@ -260,7 +266,7 @@ FROZEN_METHODS = {  # BatchNorm frozen (statistics and affine, eval mode) from t
 def cmd_frozen(args) -> None:
     """Regime (b): the seeds' warm-ups, then BatchNorm frozen from the branch point at 500, so
     that the target batches cannot move its statistics and the losses act alone."""
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3, *MORE_SEEDS[: args.more_seeds]):
         for name, (method, overrides) in FROZEN_METHODS.items():
             run_variant(seed, f"frozen-bn {name}", [*overrides, "model.bn=frozen"], [], method)
     cmd_report(args)
@@ -269,10 +275,10 @@ def cmd_frozen(args) -> None:
 def frozen_report() -> None:
     from cosalign.report import report
 
-    runs = sorted(OUT.glob("seed[123]/frozen-bn *"))
+    runs = sorted(OUT.glob("seed[1-5]/frozen-bn *"))
     if runs:
         print(f"\n### BatchNorm frozen from the branch point, by `cosalign report "
-              f"{OUT}/seed[123]/frozen-bn* --out {OUT / 'report_frozen'}`\n")
+              f"{OUT}/seed[1-5]/frozen-bn* --out {OUT / 'report_frozen'}`\n")
         print(report(runs, OUT / "report_frozen", baseline="source_only"))
 
 
@@ -281,9 +287,9 @@ def methods_report() -> None:
     by seed with 95% intervals, and the curves (runs/ablation/report_methods)."""
     from cosalign.report import report
 
-    runs = sorted(OUT.glob("seed[123]/final *"))
+    runs = sorted(OUT.glob("seed[1-5]/final *"))
     if runs:
-        print(f"\n### Stage 2 by `cosalign report {OUT}/seed[123]/final* --out "
+        print(f"\n### Stage 2 by `cosalign report {OUT}/seed[1-5]/final* --out "
               f"{OUT / 'report_methods'}`\n")
         print(report(runs, OUT / "report_methods", baseline="source_only"))
 
@@ -326,16 +332,18 @@ def cmd_report(args) -> None:
     frozen_report()
     if final:
         methods_report()
-        print("\n### Stage 2: methods, seeds 1-3, MiniCity target val (100 images)\n")
-        print("| method | seed 1 | seed 2 | seed 3 | mean ± std | gain over source-only, "
-              "same seed: mean ± std |")
-        print("|---|---|---|---|---|---|")
         order = [*REFERENCE_METHODS, "ours", "ours + MinEnt"]
         by_seed = {name: {r["seed"]: r["miou"] for r in rs} for name, rs in final.items()}
+        seeds = sorted({s for vals in by_seed.values() for s in vals})
+        print(f"\n### Stage 2: methods, seeds {', '.join(map(str, seeds))}, MiniCity target "
+              "val (100 images)\n")
+        print("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | gain "
+              "over source-only, same seed: mean ± std |")
+        print("|---" * (len(seeds) + 3) + "|")
         base = by_seed.get("source-only", {})
         for name in sorted(by_seed, key=lambda n: order.index(n) if n in order else 99):
             vals = by_seed[name]
-            cells = " | ".join(f"{vals[s]:.2f}" if s in vals else "-" for s in (1, 2, 3))
+            cells = " | ".join(f"{vals[s]:.2f}" if s in vals else "-" for s in seeds)
             gains = [vals[s] - base[s] for s in vals if s in base]
             print(f"| {name} | {cells} | {_mean_std(list(vals.values()))} | "
                   f"{_mean_std(gains, signed=True)} |")
@@ -371,6 +379,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["sweep", "gap", "collapse", "methods", "frozen",
                                      "report"])
+    p.add_argument("--more-seeds", type=int, default=0, choices=range(len(MORE_SEEDS) + 1),
+                   help="methods, frozen: also seeds 4, 5 (key methods only)")
     args = p.parse_args()
     torch.set_num_threads(2)
     make_minicity(DATA)
