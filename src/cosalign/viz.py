@@ -68,24 +68,28 @@ def curves_figure(panels: dict[str, dict[str, list[tuple[list[int], list[float]]
     cols = min(4, max(1, len(panels)))
     rows = -(-max(1, len(panels)) // cols)
     fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(4.2 * cols, 3.0 * rows))
+    names = list(dict.fromkeys(g for groups in panels.values() for g in groups))
+    colour = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(names)}  # same in each panel
+    handles = {}
     for ax, (metric, groups) in zip(axes.flat, panels.items()):
         for group, curves in groups.items():
             common = sorted(set.intersection(*(set(it) for it, _ in curves)))
             vals = np.array([[dict(zip(it, v))[i] for i in common] for it, v in curves], float)
-            line = ax.plot(common, vals.mean(0), marker="o" if len(common) < 3 else None,
-                           markersize=4, label=f"{group} (n={len(curves)})")[0]
+            handles[group] = ax.plot(common, vals.mean(0), color=colour[group],
+                                     marker="o" if len(common) < 3 else None, markersize=4,
+                                     label=f"{group} (n={len(curves)})")[0]
             if len(curves) > 1:
-                ax.fill_between(common, vals.min(0), vals.max(0), alpha=0.2,
-                                color=line.get_color())
+                ax.fill_between(common, vals.min(0), vals.max(0), alpha=0.15,
+                                color=colour[group])
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("iteration", fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    labels = [h.get_label() for h in handles.values()]
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8,
-                   bbox_to_anchor=(0.5, 0.0))
+        fig.legend(list(handles.values()), labels, loc="lower center", fontsize=8,
+                   ncol=min(3, len(labels)), bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) + 2) // 3), 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
