@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from cosalign.demo import run_demo
@@ -24,6 +25,7 @@ def test_demo_writes_table_results_and_figure(tiny_minicity, tmp_path, capsys):
     m = saved["miou"]
     assert saved["gain_over_control"] == pytest.approx(m["ours"] - m["BatchNorm control"])
     assert saved["premise"]["source-only"]["nn_accuracy"] >= 0
+    assert saved["environment"]["torch"] == torch.__version__
     for png in ("figure.png", "features.png", "similarity.png"):
         assert (tmp_path / "demo" / png).stat().st_size > 10_000
     # the runs share the warm-up: ours and the control resumed from source-only's checkpoint

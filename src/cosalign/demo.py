@@ -48,6 +48,19 @@ def minicity_config(data_dir: str | Path, overrides: list[str] | None = None,
     ], method=method)
 
 
+def environment() -> dict[str, str]:
+    """Versions of what generates MiniCity and trains on it: numbers of different sessions can
+    differ, and this is where to look first."""
+    import platform
+
+    import cv2
+    import skimage
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__,
+            "machine": platform.machine(), "threads": str(torch.get_num_threads())}
+
+
 def _predict(run_dir: Path, cfg: Config, samples: list[dict]) -> list[np.ndarray]:
     model = build_model(cfg.model, 19)
     model.load_state_dict(load_checkpoint(list_checkpoints(run_dir)[-1])["model"])
@@ -124,6 +137,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
         "iou": {name: r["iou"] for name, r in results.items()},
         "premise": {name: r.get("premise", {}) for name, r in results.items()},
         "seconds": {"data": t_data, **seconds, "total": total},
+        "environment": environment(),
         "config": to_dict(runs["ours"]),
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
