@@ -72,10 +72,6 @@ def method_name(cfg: Config) -> str:
     return "custom (" + ", ".join(f"loss.{k}={getattr(loss, k):g}" for k in weights) + ")"
 
 
-def _flat(cfg: Config) -> dict:
-    return flatten(to_dict(cfg))
-
-
 def _comparable(flat: dict) -> dict:
     """Config entries that matter for comparing runs (file paths reduced to their names)."""
     out = {}
@@ -118,7 +114,7 @@ def load_run(path: str | Path, by: tuple[str, ...] = ()) -> Run:
         raise ReportError(f"{path}: the run reports iteration {last} but logged evaluations at "
                           f"{later}: the reported checkpoint was chosen after seeing them (on "
                           "the evaluation set); report the last checkpoint of a run")
-    flat = _comparable(_flat(cfg))
+    flat = _comparable(flatten(to_dict(cfg)))
     missing = [k for k in by if k not in flat]
     if missing:
         raise ReportError(f"--by {missing[0]}: not a config key of {path} (e.g. loss.tau)")
@@ -145,7 +141,7 @@ def check_together(runs: list[Run]) -> list[str]:
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
             raise ReportError(f"{members[0].path}: group '{group}' has several runs with seed "
                               f"{dup[0]}; give each seed one run, or split the group with --by")
-        flats = [_comparable(_flat(r.cfg)) for r in members]
+        flats = [_comparable(flatten(to_dict(r.cfg))) for r in members]
         differ = sorted(k for k in flats[0] if len({str(f.get(k)) for f in flats}) > 1)
         if differ:
             warnings.append(f"runs of '{group}' differ in {', '.join(differ)} (split them "
