@@ -242,7 +242,7 @@ def cmd_collapse(args) -> None:
               f"{t.get('eff_rank', float('nan')):.1f} | {r['miou']['minicity']:.1f} |")
 
 
-MORE_SEEDS = (4, 5)
+MORE_SEEDS = (4, 5, 6, 7, 8, 9, 10)
 KEY_METHODS = ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours")
 
 
@@ -275,10 +275,10 @@ def cmd_frozen(args) -> None:
 def frozen_report() -> None:
     from cosalign.report import report
 
-    runs = sorted(OUT.glob("seed[1-5]/frozen-bn *"))
+    runs = sorted(OUT.glob("seed*/frozen-bn *"))
     if runs:
         print(f"\n### BatchNorm frozen from the branch point, by `cosalign report "
-              f"{OUT}/seed[1-5]/frozen-bn* --out {OUT / 'report_frozen'}`\n")
+              f"{OUT}/seed*/frozen-bn* --out {OUT / 'report_frozen'}`\n")
         print(report(runs, OUT / "report_frozen", baseline="source_only"))
 
 
@@ -287,9 +287,9 @@ def methods_report() -> None:
     by seed with 95% intervals, and the curves (runs/ablation/report_methods)."""
     from cosalign.report import report
 
-    runs = sorted(OUT.glob("seed[1-5]/final *"))
+    runs = sorted(OUT.glob("seed*/final *"))
     if runs:
-        print(f"\n### Stage 2 by `cosalign report {OUT}/seed[1-5]/final* --out "
+        print(f"\n### Stage 2 by `cosalign report {OUT}/seed*/final* --out "
               f"{OUT / 'report_methods'}`\n")
         print(report(runs, OUT / "report_methods", baseline="source_only"))
 
@@ -380,7 +380,7 @@ def main() -> None:
     p.add_argument("stage", choices=["sweep", "gap", "collapse", "methods", "frozen",
                                      "report"])
     p.add_argument("--more-seeds", type=int, default=0, choices=range(len(MORE_SEEDS) + 1),
-                   help="methods, frozen: also seeds 4, 5 (key methods only)")
+                   help="methods, frozen: also this many of seeds 4-10 (key methods only)")
     args = p.parse_args()
     torch.set_num_threads(2)
     make_minicity(DATA)
