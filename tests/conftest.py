@@ -45,6 +45,21 @@ def official_module(name: str):
     return pytest.importorskip(name, reason="cityscapesscripts is not installed here")
 
 
+@pytest.fixture
+def product_dtypes(monkeypatch) -> list:
+    """The dtypes the cosine loss's match=all products ran in, one per block call, in order."""
+    import cosalign.losses.cosine as cosine
+
+    seen, real = [], cosine._match_all
+
+    def spy(x_mm, *args):
+        seen.append(x_mm.dtype)
+        return real(x_mm, *args)
+
+    monkeypatch.setattr(cosine, "_match_all", spy)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     return torch.device(TEST_DEVICE)

@@ -169,24 +169,26 @@ def _count_on_disk(dataset: str, root: Path, split: str) -> tuple[int, int]:
     """Images and raw label files present, for a tree whose pairs cannot be built."""
     if dataset not in _ON_DISK:
         return 0, 0
-    return tuple(sum(1 for p in root.glob(g.format(split=split))
-                     if not p.name.endswith("_labelTrainIds.png")) for g in _ON_DISK[dataset])
+    images = root.glob(_ON_DISK[dataset][0].format(split=split))
+    return sum(1 for _ in images), len(_raw_labels(dataset, root, split))
+
+
+def _raw_labels(dataset: str, root: Path, split: str) -> list[Path]:
+    """Raw label files of the layout (not the converted ``*_labelTrainIds.png``)."""
+    pattern = _ON_DISK[dataset][1].format(split=split)
+    return [p for p in root.glob(pattern) if not p.name.endswith("_labelTrainIds.png")]
 
 
 def _orphan_labels(dataset: str, root: Path, split: str) -> list[Path]:
     """Raw label files whose image does not exist."""
     if dataset == "gta5":
-        labels = (root / "labels").glob("*.png")
         image_of = lambda p: root / "images" / p.name  # noqa: E731
     elif dataset == "synthia":
-        labels = (root / "GT" / "LABELS").glob("*.png")
         image_of = lambda p: root / "RGB" / p.name  # noqa: E731
     else:
-        labels = (root / "gtFine" / split).glob("*/*_gtFine_labelIds.png")
         image_of = lambda p: (root / "leftImg8bit" / split / p.parent.name /  # noqa: E731
                               p.name.replace("_gtFine_labelIds", "_leftImg8bit"))
-    return [p for p in labels
-            if not p.name.endswith("_labelTrainIds.png") and not image_of(p).is_file()]
+    return [p for p in _raw_labels(dataset, root, split) if not image_of(p).is_file()]
 
 
 def _signature(root: Path, dataset: str, split: str, list_file) -> str:
