@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~40 min
     .venv/bin/python benchmarks/minicity_ablation.py frozen    # BatchNorm frozen at 500, ~10 min
     ... methods --more-seeds 2; ... frozen --more-seeds 2   # seeds 4 and 5 (key methods), ~16 min
+    .venv/bin/python benchmarks/minicity_ablation.py regimes   # (a), (b), (c), (c frozen)
     .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
 
 Protocol. Every run trains ``train.iters`` iterations of the MiniCity preset. Adaptation starts
@@ -61,9 +62,10 @@ def selection_overrides() -> list[str]:
     return ["data.val.split=train", f"data.val.list_file={split}"]
 
 
-def warmup(seed: int, extra: list[str]) -> Path:
-    """Source-only checkpoints at every warm-up iteration for this seed."""
-    run = OUT / f"seed{seed}" / "warmup"
+def warmup(seed: int, extra: list[str], name: str = "warmup") -> Path:
+    """Source-only checkpoints at every warm-up iteration for this seed (and these overrides:
+    one ``name`` per set of ``extra``)."""
+    run = OUT / f"seed{seed}" / name
     have = {int(p.stem.split("_")[1]) for p in list_checkpoints(run)}
     if not set(WARMUPS) <= have:
         cfg = minicity_config(DATA, [f"train.seed={seed}", *extra], "source_only")
@@ -74,9 +76,10 @@ def warmup(seed: int, extra: list[str]) -> Path:
 
 def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
                 method: str = "ours", from_scratch: bool = False,
-                source_val: bool = False) -> dict:
-    """Train one variant and cache its results. It branches off the seed's warm-up at
-    ``loss.start_iter`` (ours) or at 500 (the other methods) unless ``from_scratch``."""
+                source_val: bool = False, warmup_name: str = "warmup") -> dict:
+    """Train one variant and cache its results. It branches off the seed's warm-up
+    (``warmup_name``, trained with ``extra``) at ``loss.start_iter`` (ours) or at 500 (the other
+    methods) unless ``from_scratch``."""
     run = OUT / f"seed{seed}" / name
     done = run / "done.json"
     if done.is_file():
@@ -85,7 +88,7 @@ def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
     shutil.rmtree(run, ignore_errors=True)
     start = 0 if from_scratch else cfg.loss.start_iter if method.startswith("ours") else 500
     if start > 0:
-        ckpt = warmup(seed, extra) / f"ckpt_{start:07d}.pt"
+        ckpt = warmup(seed, extra, warmup_name) / f"ckpt_{start:07d}.pt"
         run.mkdir(parents=True)
         shutil.copy(ckpt, run)
     t0 = time.perf_counter()
@@ -272,6 +275,74 @@ def cmd_frozen(args) -> None:
     cmd_report(args)
 
 
+PRETRAINED = ["model.weights=minicity_pretrained", "model.bn=affine_frozen"]
+FROZEN = ["model.bn=frozen"]
+# name: (run-name prefix, warm-up name, overrides of the warm-up and every run, overrides from
+# the branch point on). (a) and (b) keep the run names of the stages above.
+REGIMES = {
+    "a": ("final", "warmup", [], []),
+    "b": ("frozen-bn", "warmup", [], FROZEN),
+    "c": ("pretrained", "warmup-pretrained", PRETRAINED, []),
+    "c-frozen": ("pretrained frozen-bn", "warmup-pretrained", PRETRAINED, FROZEN),
+}
+REGIME_METHODS = {  # name: (method, overrides); (a)'s cached control is the minent equivalent
+    "source-only": ("source_only", []),
+    "target BN only (no loss)": ("target_bn", []),
+    "MinEnt (1e-3, ADVENT)": ("minent", []),
+    "AdvEnt (1e-3, ADVENT)": ("advent", []),
+    "ours": ("ours", []),
+    "ours + MinEnt": ("ours_minent", []),
+}
+# most informative cells first: (regimes, methods, seeds); everything is cached per run
+PLAN = [
+    (("c",), ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours"),
+     range(1, 6)),
+    (("c-frozen",), ("source-only", "MinEnt (1e-3, ADVENT)", "ours"), range(1, 6)),
+    (("c", "c-frozen", "a", "b"), ("AdvEnt (1e-3, ADVENT)",), range(1, 6)),
+    (("c", "c-frozen", "b"), ("ours + MinEnt",), range(1, 6)),
+]
+
+
+def regime_run(regime: str, seed: int, method_name: str) -> dict:
+    prefix, warmup_name, extra, branch = REGIMES[regime]
+    method, overrides = REGIME_METHODS[method_name]
+    if regime == "a" and method == "target_bn":  # cached under its earlier, equivalent form
+        method, overrides = "minent", ["loss.ent=1e-12", "loss.ent_aux=0"]
+    return run_variant(seed, f"{prefix} {method_name}", [*overrides, *branch], extra, method,
+                       warmup_name=warmup_name)
+
+
+def cmd_regimes(args) -> None:
+    """The regimes of docs/results/minicity.md: every method paired with source-only from the
+    same branch point, in the order of PLAN (``--steps`` runs only the first N entries)."""
+    for step, (regimes, methods, seeds) in enumerate(PLAN[: args.steps]):
+        for seed in seeds:
+            for regime in regimes:
+                for name in methods:
+                    if not (name.startswith("target BN") and regime.endswith("frozen")):
+                        regime_run(regime, seed, name)
+        if step == 0:  # the gap in regime (c): a target-trained oracle from the backbone
+            method, overrides = GAP_RUNS["gap: target-trained oracle"]
+            for seed in (1, 2, 3):
+                run_variant(seed, "pretrained gap: target-trained oracle", overrides,
+                            PRETRAINED, method, from_scratch=True)
+    cmd_report(args)
+
+
+def regimes_report() -> None:
+    from cosalign.report import report
+
+    for regime, (prefix, *_rest) in REGIMES.items():
+        if regime in ("a", "b"):
+            continue  # printed by methods_report and frozen_report
+        runs = [p for p in sorted(OUT.glob(f"seed*/{prefix} *"))
+                if "gap:" not in p.name and (regime.endswith("frozen") or "frozen" not in p.name)]
+        if runs:
+            print(f"\n### Regime ({regime}) by `cosalign report {OUT}/seed*/'{prefix} '* --out "
+                  f"{OUT / ('report_' + regime)}`\n")
+            print(report(runs, OUT / f"report_{regime}", baseline="source_only"))
+
+
 def frozen_report() -> None:
     from cosalign.report import report
 
@@ -306,9 +377,13 @@ def _load(seed_dirs) -> dict[str, list[dict]]:
 def cmd_report(args) -> None:
     runs = _load(sorted(OUT.glob("seed*")))
     sweep = {k: v for k, v in runs.items()
-             if not k.startswith(("final ", "gap: ", "frozen-bn "))}
+             if not k.startswith(("final ", "gap: ", "frozen-bn ", "pretrained "))}
     final = {k[len("final "):]: v for k, v in runs.items() if k.startswith("final ")}
     gap = {k[len("gap: "):]: v for k, v in runs.items() if k.startswith("gap: ")}
+    gap.update({"pretrained backbone, " + k[len("pretrained gap: "):]: v
+                for k, v in runs.items() if k.startswith("pretrained gap: ")})
+    if "pretrained source-only" in runs:
+        gap["pretrained backbone, source-only"] = runs["pretrained source-only"]
     if sweep:
         quantiles = OUT / "quantiles.json"
         order = list(REFERENCE_METHODS)
@@ -330,6 +405,7 @@ def cmd_report(args) -> None:
     if gap:
         _gap_report(gap)
     frozen_report()
+    regimes_report()
     if final:
         methods_report()
         order = [*REFERENCE_METHODS, "ours", "ours + MinEnt"]
@@ -361,7 +437,8 @@ def _mean_std(vals: list[float], signed: bool = False) -> str:
 
 
 def _gap_report(gap: dict[str, list[dict]]) -> None:
-    print("\n### The gap and the premise (from scratch, seeds 1-3, MiniCity target val)\n")
+    print("\n### The gap and the premise (1,000 iterations, MiniCity target val, mean ± std "
+          "over seeds)\n")
     print("| model | target val mIoU | source val mIoU | NN class acc. (chance) | "
           "S same-class | S different-class |")
     print("|---|---|---|---|---|---|")
@@ -378,14 +455,16 @@ def _gap_report(gap: dict[str, list[dict]]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["sweep", "gap", "collapse", "methods", "frozen",
-                                     "report"])
+                                     "regimes", "report"])
     p.add_argument("--more-seeds", type=int, default=0, choices=range(len(MORE_SEEDS) + 1),
                    help="methods, frozen: also this many of seeds 4-15 (key methods only)")
+    p.add_argument("--steps", type=int, default=len(PLAN),
+                   help="regimes: only the first N entries of PLAN")
     args = p.parse_args()
     torch.set_num_threads(2)
     make_minicity(DATA)
     {"sweep": cmd_sweep, "gap": cmd_gap, "collapse": cmd_collapse, "methods": cmd_methods,
-     "frozen": cmd_frozen, "report": cmd_report}[args.stage](args)
+     "frozen": cmd_frozen, "regimes": cmd_regimes, "report": cmd_report}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The ``cosalign`` command line: demo, train, eval, predict, report, viz, data {make, check,
-convert}.
+"""The ``cosalign`` command line: demo, train, eval, predict, report, viz, pretrain, data {make,
+check, convert}.
 
 Errors about the user's input (missing dataset, bad config key, unreadable checkpoint) print one
 line naming the file and what was expected, and exit with code 2; a diverged run exits with 1.
@@ -119,6 +119,19 @@ def cmd_viz(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from cosalign.pretrain import PretrainSpec, bundled_is_current, pretrain
+
+    spec = PretrainSpec(images=args.images, iters=args.iters, seed=args.seed)
+    weights = pretrain(args.out, spec, workers=args.workers, progress=not args.quiet)
+    print(f"use it with: --set model.weights={weights}")
+    if spec == PretrainSpec():
+        print("the copy shipped with the package (model.weights=minicity_pretrained) is "
+              + ("made by this same spec and code" if bundled_is_current() else
+                 "OUT OF DATE: copy this file over src/cosalign/weights/minicity_pretrained.pt"))
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from cosalign.data.check import check_splits
 
@@ -216,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--images", type=int, default=20, help="images per domain in the PCA map")
     _add_device(v)
     v.set_defaults(func=cmd_viz)
+
+    pt = sub.add_parser("pretrain", help="pretrain a MiniCity backbone on randomized scenes "
+                        "(ImageNet's part; cached by the hash of what made it)")
+    pt.add_argument("--out", default="data/pretrain", help="folder for backbone.pt")
+    pt.add_argument("--images", type=int, default=2000, help="scenes rendered (a tenth held out)")
+    pt.add_argument("--iters", type=int, default=3000)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--workers", type=int, default=2, help="processes rendering the scenes")
+    pt.add_argument("--quiet", action="store_true")
+    pt.set_defaults(func=cmd_pretrain)
 
     data = sub.add_parser("data", help="datasets: make MiniCity, check or convert a tree")
     dsub = data.add_subparsers(dest="data_command", required=True)

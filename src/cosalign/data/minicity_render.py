@@ -5,7 +5,8 @@ The "photo" style (the target, like Cityscapes) textures every surface with real
 ship with scikit-image (gravel roads, brick sidewalks and facades, grass and foliage), mip-mapped
 by distance, with a cloudy sky, duller colours, a colour cast, vignetting, lens blur, camera noise
 and an ego-vehicle hood. A :class:`Style` is plain data, so other target domains (fog, dusk) are
-one constructor call away.
+one constructor call away; the pretraining set (data/randomized.py) draws a random one per image,
+with a palette of its own and procedural noise in place of the photographs.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ TEXTURES: dict[str, tuple[str, float]] = {
 class Style:
     """How a domain looks. All fields are plain numbers so new domains are easy to make."""
 
-    palette: str = "game"
-    texture: float = 0.0  # contrast of photo textures on surfaces (0 = flat colour)
+    palette: str | tuple = "game"  # a name in PALETTES, or ((material, (r, g, b)), ...)
+    texture: float = 0.0  # contrast of textures on surfaces (0 = flat colour)
+    texture_set: str = "photo"  # "photo": TEXTURES; "noise": procedural noise on every material
     shading: float = 0.15  # strength of per-face and height shading
     clouds: float = 0.0  # cloud cover of the sky, 0-1
     exposure: float = 1.0
@@ -75,13 +77,31 @@ DUSK = Style(**{**PHOTO.__dict__, "exposure": 0.55, "cast": (1.15, 0.95, 0.8), "
 STYLES: dict[str, Style] = {"game": GAME, "photo": PHOTO, "fog": FOG, "dusk": DUSK}
 
 
+NOISE_TEXTURES = 6  # procedural textures "noise0" ... "noise5" of the "noise" texture set
+
+
+def _noise(k: int, n: int = 512) -> np.ndarray:
+    """Texture number ``k`` of the noise set: octaves of smoothly upsampled Gaussian noise, with
+    a per-texture spectrum (a fixed function of k, no photograph)."""
+    rng = np.random.default_rng([7, k])
+    tex = np.zeros((n, n), np.float32)
+    for octave in range(2, 8):
+        cells = 2**octave
+        layer = rng.normal(size=(cells, cells)).astype(np.float32)
+        tex += rng.uniform(0.2, 1.0) * cv2.resize(layer, (n, n), interpolation=cv2.INTER_CUBIC)
+    return tex
+
+
 @cache
 def _mipmaps(name: str) -> np.ndarray:
-    """A scikit-image texture as (5, 512, 512) float32 levels, each blurred twice as much,
-    normalized to mean 0 and std 1."""
-    import skimage.data
+    """A texture (a scikit-image photograph, or ``noiseK``) as (5, 512, 512) float32 levels,
+    each blurred twice as much, normalized to mean 0 and std 1."""
+    if name.startswith("noise"):
+        tex = _noise(int(name[len("noise"):]))
+    else:
+        import skimage.data
 
-    tex = getattr(skimage.data, name)().astype(np.float32)
+        tex = getattr(skimage.data, name)().astype(np.float32)
     tex = (tex - tex.mean()) / tex.std()
     return np.stack([tex] + [cv2.GaussianBlur(tex, (0, 0), 2.0**k) for k in range(1, 5)])
 
@@ -119,7 +139,11 @@ def _surface_colors(cam, surf: Surface, u, v, style: Style, pal) -> tuple[np.nda
     if surf.material == "road":
         mark = (np.abs((a % 3.5) - 1.75) > 1.67) & ((z % 9.0) < 3.0)
         col[mark] = np.array(pal["marking"], np.float32)
-    if style.texture > 0 and surf.material in TEXTURES:
+    if style.texture > 0 and style.texture_set == "noise":
+        k = sorted(PALETTES["game"]).index(surf.material) % NOISE_TEXTURES
+        tex = _texture(f"noise{k}", 1.0 + k / 2, a, b, z, cam.f)
+        col *= np.clip(1 + 0.5 * style.texture * tex, 0.15, 2.5)[:, None]
+    elif style.texture > 0 and surf.material in TEXTURES:
         name, size = TEXTURES[surf.material]
         tex = _texture(name, size, a, b, z, cam.f)
         col *= np.clip(1 + 0.5 * style.texture * tex, 0.15, 2.5)[:, None]
@@ -152,7 +176,7 @@ def _sky(cam: Camera, style: Style, pal, rng: np.random.Generator) -> np.ndarray
 def render(cam: Camera, surfaces: list[Surface], style: Style,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Scene -> (H, W, 3) uint8 RGB image and (H, W) uint8 Cityscapes label ids."""
-    pal = PALETTES[style.palette]
+    pal = PALETTES[style.palette] if isinstance(style.palette, str) else dict(style.palette)
     idx = rasterize(cam, surfaces)  # (H, W)
     label_of = np.array([s.label for s in surfaces] + [SKY], dtype=np.uint8)
     label = label_of[idx]  # idx -1 -> SKY

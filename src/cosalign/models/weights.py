@@ -7,8 +7,11 @@ Three kinds of file are recognized by their keys:
   name into the backbone, with a warning, because torchvision puts the bottleneck stride on the
   3x3 conv and expects RGB/255 input normalized by ImageNet mean and std (set
   ``data.normalization: imagenet``);
-- a cosalign checkpoint (``model`` and ``config`` keys): the whole network.
-Files are always read with ``torch.load(..., weights_only=True)``.
+- a cosalign checkpoint (``model`` and ``config`` keys): the whole network;
+- a backbone from ``cosalign pretrain`` (``model`` and ``pretrain`` keys): the backbone only.
+The name ``minicity_pretrained`` stands for the pretrained MiniCity backbone that ships with the
+package (see cosalign/pretrain.py). Files are always read with
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+# names that stand for weights shipped with the package
+BUNDLED = {"minicity_pretrained": Path(__file__).parents[1] / "weights" / "minicity_pretrained.pt"}
 
 
 class WeightsError(Exception):
@@ -61,6 +67,8 @@ def convert(state: dict) -> tuple[str, dict[str, torch.Tensor], list[str]]:
     (kind, renamed state, keys dropped on purpose)."""
     if "model" in state and "config" in state:
         return "cosalign checkpoint", state["model"], []
+    if "model" in state and "pretrain" in state:
+        return "cosalign pretrained backbone", state["model"], []
     keys = list(state)
     if any(k.startswith("Scale.") for k in keys):
         skipped = [k for k in keys if k.startswith("Scale.layer5")]
@@ -79,7 +87,7 @@ def convert(state: dict) -> tuple[str, dict[str, torch.Tensor], list[str]]:
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     """Load a weights file into ``model``; refuse a file that matches nothing or whose shapes
     disagree. Missing and unexpected keys are reported (and returned)."""
-    path = Path(path)
+    path = BUNDLED.get(str(path), Path(path))
     kind, state, skipped = convert(_read(path))
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own}
