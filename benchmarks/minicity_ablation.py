@@ -293,39 +293,125 @@ REGIME_METHODS = {  # name: (method, overrides); (a)'s cached control is the min
     "ours": ("ours", []),
     "ours + MinEnt": ("ours_minent", []),
 }
-# most informative cells first: (regimes, methods, seeds); everything is cached per run
-PLAN = [
-    (("c",), ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours"),
-     range(1, 6)),
-    (("c-frozen",), ("source-only", "MinEnt (1e-3, ADVENT)", "ours"), range(1, 6)),
-    (("c", "c-frozen", "a", "b"), ("AdvEnt (1e-3, ADVENT)",), range(1, 6)),
-    (("c", "c-frozen", "b"), ("ours + MinEnt",), range(1, 6)),
-]
+KEY = ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours")
+SEEDS = range(1, 6)  # fixed before the regimes were run
 
 
-def regime_run(regime: str, seed: int, method_name: str) -> dict:
+def regime_run(regime: str, seed: int, method_name: str, more: list[str] | None = None,
+               label: str = "") -> dict:
+    """One method in one regime, branched off the regime's warm-up of this seed; ``more``
+    overrides are added from the branch point on and ``label`` to the run's name."""
     prefix, warmup_name, extra, branch = REGIMES[regime]
     method, overrides = REGIME_METHODS[method_name]
     if regime == "a" and method == "target_bn":  # cached under its earlier, equivalent form
         method, overrides = "minent", ["loss.ent=1e-12", "loss.ent_aux=0"]
-    return run_variant(seed, f"{prefix} {method_name}", [*overrides, *branch], extra, method,
+    return run_variant(seed, f"{label}{prefix} {method_name}",
+                       [*overrides, *branch, *(more or [])], extra, method,
                        warmup_name=warmup_name)
+
+
+def grid(regimes: tuple[str, ...], methods: tuple[str, ...]) -> None:
+    for seed in SEEDS:
+        for regime in regimes:
+            for name in methods:
+                if not (name.startswith("target BN") and regime.endswith("frozen")):
+                    regime_run(regime, seed, name)  # BN frozen: the control is source-only
+
+
+def oracle_c() -> None:
+    """The gap in regime (c): a target-trained oracle from the pretrained backbone."""
+    method, overrides = GAP_RUNS["gap: target-trained oracle"]
+    for seed in (1, 2, 3):
+        run_variant(seed, "pretrained gap: target-trained oracle", overrides, PRETRAINED, method,
+                    from_scratch=True)
+
+
+CANDIDATES = {  # method: weights tried on the selection split (the first is the default)
+    "ours": [["loss.cos=0.1"], ["loss.cos=0.01"], ["loss.cos=1"]],
+    "MinEnt (1e-3, ADVENT)": [["loss.ent=0.001", "loss.ent_aux=0.0002"],
+                              ["loss.ent=0.01", "loss.ent_aux=0.002"],
+                              ["loss.ent=0.1", "loss.ent_aux=0.02"]],
+    "AdvEnt (1e-3, ADVENT)": [["loss.adv=0.001", "loss.adv_aux=0.0002"],
+                              ["loss.adv=0.01", "loss.adv_aux=0.002"]],
+}
+
+
+def select_weights(regime: str) -> dict[str, list[str]]:
+    """Seed 0, the selection split: each method at each candidate weight, branched off the
+    regime's seed-0 warm-up; returns the best candidate per method (selection mIoU)."""
+    prefix, warmup_name, extra, branch = REGIMES[regime]
+    extra = [*extra, *selection_overrides()]
+    run_variant(0, f"select-{regime} source-only", branch, extra, "source_only",
+                warmup_name=f"select-{warmup_name}")
+    best = {}
+    for name, candidates in CANDIDATES.items():
+        method = REGIME_METHODS[name][0]
+        scores = [run_variant(0, f"select-{regime} {name} {' '.join(c)}", [*c, *branch],
+                              extra, method, warmup_name=f"select-{warmup_name}")["miou"]
+                  for c in candidates]
+        best[name] = candidates[int(np.argmax(scores))]
+        print(f"regime ({regime}), {name}: selection mIoU "
+              + ", ".join(f"{' '.join(c)}: {v:.2f}" for c, v in zip(candidates, scores))
+              + f" -> {' '.join(best[name])}", flush=True)
+    return best
+
+
+def selected_c() -> None:
+    """Weights chosen on the selection split in regime (c), on seeds 1-5 where they differ
+    from the paper's."""
+    best = select_weights("c")
+    for seed in SEEDS:
+        for name, weights in best.items():
+            if weights != CANDIDATES[name][0]:
+                regime_run("c", seed, name, weights, label="selected ")
+
+
+STYLES = {"fog": Path("data/minicity_fog"), "dusk": Path("data/minicity_dusk")}
+
+
+def style_overrides(style: str) -> list[str]:
+    """The same source (MiniCity's game-style half), another target style."""
+    from dataclasses import replace
+
+    from cosalign.data.minicity import MiniCitySpec
+    from cosalign.data.minicity_render import STYLES as RENDER_STYLES
+
+    make_minicity(STYLES[style], replace(MiniCitySpec(), target_style=RENDER_STYLES[style]),
+                  progress=False)
+    return [f"data.target.root={STYLES[style] / 'cityscapes'}",
+            f"data.val.root={STYLES[style] / 'cityscapes'}"]
+
+
+def other_target(style: str) -> None:
+    """Regime (c) with the fog or dusk target, from the same warm-ups (source-only)."""
+    target = style_overrides(style)
+    for seed in SEEDS:
+        for name in KEY:
+            regime_run("c", seed, name, target, label=f"{style} ")
+
+
+# most informative cells first; everything is cached per run
+PLAN = [
+    ("(c): source-only, the control, MinEnt, ours", lambda: grid(("c",), KEY)),
+    ("(c): the target-trained oracle", oracle_c),
+    ("(c, BN frozen): source-only, MinEnt, ours", lambda: grid(("c-frozen",), KEY)),
+    ("AdvEnt in (c) and (c, BN frozen)",
+     lambda: grid(("c", "c-frozen"), ("AdvEnt (1e-3, ADVENT)",))),
+    ("(c): weights chosen on the selection split", selected_c),
+    ("(c) with the fog target", lambda: other_target("fog")),
+    ("(c) with the dusk target", lambda: other_target("dusk")),
+    ("AdvEnt in (a) and (b)", lambda: grid(("a", "b"), ("AdvEnt (1e-3, ADVENT)",))),
+    ("ours + MinEnt in (b), (c), (c, BN frozen)",
+     lambda: grid(("b", "c", "c-frozen"), ("ours + MinEnt",))),
+]
 
 
 def cmd_regimes(args) -> None:
     """The regimes of docs/results/minicity.md: every method paired with source-only from the
-    same branch point, in the order of PLAN (``--steps`` runs only the first N entries)."""
-    for step, (regimes, methods, seeds) in enumerate(PLAN[: args.steps]):
-        for seed in seeds:
-            for regime in regimes:
-                for name in methods:
-                    if not (name.startswith("target BN") and regime.endswith("frozen")):
-                        regime_run(regime, seed, name)
-        if step == 0:  # the gap in regime (c): a target-trained oracle from the backbone
-            method, overrides = GAP_RUNS["gap: target-trained oracle"]
-            for seed in (1, 2, 3):
-                run_variant(seed, "pretrained gap: target-trained oracle", overrides,
-                            PRETRAINED, method, from_scratch=True)
+    same branch point, in the order of PLAN (``--steps N``: only the first N steps)."""
+    for i, (title, step) in enumerate(PLAN[: args.steps], 1):
+        print(f"## step {i}/{len(PLAN)}: {title}", flush=True)
+        step()
     cmd_report(args)
 
 
@@ -337,10 +423,17 @@ def regimes_report() -> None:
             continue  # printed by methods_report and frozen_report
         runs = [p for p in sorted(OUT.glob(f"seed*/{prefix} *"))
                 if "gap:" not in p.name and (regime.endswith("frozen") or "frozen" not in p.name)]
+        runs += sorted(OUT.glob(f"seed*/selected {prefix} *"))  # weights chosen on selection
         if runs:
             print(f"\n### Regime ({regime}) by `cosalign report {OUT}/seed*/'{prefix} '* --out "
                   f"{OUT / ('report_' + regime)}`\n")
             print(report(runs, OUT / f"report_{regime}", baseline="source_only"))
+    for style in STYLES:
+        runs = sorted(OUT.glob(f"seed*/{style} *"))
+        if runs:
+            print(f"\n### Target style {style}, regime (c), by `cosalign report "
+                  f"{OUT}/seed*/'{style} '* --out {OUT / ('report_' + style)}`\n")
+            print(report(runs, OUT / f"report_{style}", baseline="source_only"))
 
 
 def frozen_report() -> None:
@@ -377,7 +470,8 @@ def _load(seed_dirs) -> dict[str, list[dict]]:
 def cmd_report(args) -> None:
     runs = _load(sorted(OUT.glob("seed*")))
     sweep = {k: v for k, v in runs.items()
-             if not k.startswith(("final ", "gap: ", "frozen-bn ", "pretrained "))}
+             if not k.startswith(("final ", "gap: ", "frozen-bn ", "pretrained ", "select-",
+                                  "selected ", *(f"{style} " for style in STYLES)))}
     final = {k[len("final "):]: v for k, v in runs.items() if k.startswith("final ")}
     gap = {k[len("gap: "):]: v for k, v in runs.items() if k.startswith("gap: ")}
     gap.update({"pretrained backbone, " + k[len("pretrained gap: "):]: v

@@ -13,7 +13,7 @@ from tests.conftest import TEST_DEVICE, TINY
 def test_demo_writes_table_results_and_figure(tiny_minicity, tmp_path, capsys):
     summary = run_demo(tiny_minicity, tmp_path / "demo", spec=TINY, progress=False, overrides=[
         "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
-        "data.batch_size=2", "model.width=0.125", "train.iters=6", "optim.schedule_iters=6",
+        "data.batch_size=2", "train.iters=6", "optim.schedule_iters=6",
         "loss.start_iter=3", "loss.capacity=8", "train.log_every=1",
         f"train.device={TEST_DEVICE}"])
     out = capsys.readouterr().out
@@ -34,3 +34,6 @@ def test_demo_writes_table_results_and_figure(tiny_minicity, tmp_path, capsys):
         assert json.loads(log[0])["iter"] == 4
     control = yaml.safe_load((tmp_path / "demo" / "target_bn" / "config.yaml").read_text())
     assert control["loss"]["target_bn"] and control["loss"]["cos"] == 0
+    # the regime: the shipped pretrained backbone, BatchNorm statistics moving
+    assert control["model"]["weights"] == "minicity_pretrained"
+    assert control["model"]["bn"] == "affine_frozen"
