@@ -59,7 +59,7 @@ class ModelConfig:
     rates: tuple[int, ...] = (6, 12, 18, 24)
     feature_layer: str = "layer4"  # layer4 | layer4_pre | layer3
     bn: str = "affine_frozen"  # train | affine_frozen | frozen
-    weights: str | None = None  # local ImageNet / DeepLab / cosalign checkpoint
+    weights: str | None = None  # a local weights file, or minicity_pretrained
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Initial weights from local files (nothing is downloaded).
 
-Three kinds of file are recognized by their keys:
+Four kinds of file are recognized by their keys:
 - the DeepLab ImageNet checkpoint of the AdaptSegNet/ADVENT line (``Scale.conv1.weight``, ...):
   its ``Scale.layer5`` classifier is skipped, the rest goes into the backbone;
 - a torchvision ``resnet101`` state dict (``conv1.weight``, ``layer1.0...``, ``fc``): loaded by
