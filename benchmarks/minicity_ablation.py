@@ -304,14 +304,15 @@ SEEDS = range(1, 6)  # fixed before the regimes were run
 
 
 def regime_run(regime: str, seed: int, method_name: str, more: list[str] | None = None,
-               label: str = "") -> dict:
+               label: str = "", display: str | None = None) -> dict:
     """One method in one regime, branched off the regime's warm-up of this seed; ``more``
-    overrides are added from the branch point on and ``label`` to the run's name."""
+    overrides are added from the branch point on; the run is named ``label``, the regime's
+    prefix and ``display`` (default: the method's name)."""
     prefix, warmup_name, extra, branch = REGIMES[regime]
     method, overrides = REGIME_METHODS[method_name]
     if regime == "a" and method == "target_bn":  # cached under its earlier, equivalent form
         method, overrides = "minent", ["loss.ent=1e-12", "loss.ent_aux=0"]
-    return run_variant(seed, f"{label}{prefix} {method_name}",
+    return run_variant(seed, f"{label}{prefix} {display or method_name}",
                        [*overrides, *branch, *(more or [])], extra, method,
                        warmup_name=warmup_name)
 
@@ -377,7 +378,8 @@ def selected_c() -> None:
     for seed in SEEDS:
         for name, weights in best.items():
             if weights != CANDIDATES[name][0]:
-                regime_run("c", seed, name, weights, label="selected ")
+                regime_run("c", seed, name, weights, label="selected ",
+                           display=f"{name.split(' (')[0]} {' '.join(weights)}")
 
 
 STYLES = {"fog": Path("data/minicity_fog"), "dusk": Path("data/minicity_dusk")}
