@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~40 min
     .venv/bin/python benchmarks/minicity_ablation.py frozen    # BatchNorm frozen at 500, ~10 min
     ... methods --more-seeds 2; ... frozen --more-seeds 2   # seeds 4 and 5 (key methods), ~16 min
-    .venv/bin/python benchmarks/minicity_ablation.py regimes   # the regimes, PLAN's steps
+    .venv/bin/python benchmarks/minicity_ablation.py regimes   # the regimes: steps 1-9 ~2.5 h
     ... regimes --steps 4   # the first 4 steps: (c), its oracle, (c, BN frozen), AdvEnt in (c)
     .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
 
