@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cosalign.data.randomized import MATERIALS, render_set
 from cosalign.data.transforms import normalize
 from cosalign.engine.checkpoint import save_atomic
-from cosalign.engine.evaluate import confusion_matrix, upsample_logits
+from cosalign.engine.evaluate import confusion_matrix, mean_iou, per_class_iou, upsample_logits
 from cosalign.engine.train import poly_lr
 from cosalign.models import DeepLabV2
 from cosalign.models.weights import BUNDLED
@@ -104,8 +104,7 @@ def _held_out_miou(model: DeepLabV2, images: np.ndarray, labels: np.ndarray) -> 
         pred = upsample_logits(model(x).logits, y.shape[-2:]).argmax(1)
         cm += confusion_matrix(pred, y, k).numpy()
     model.train()
-    iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1)
-    return float(100 * iou[cm.sum(1) > 0].mean())
+    return 100 * mean_iou(per_class_iou(cm), tuple(np.flatnonzero(cm.sum(1) > 0)))
 
 
 def pretrain(out: str | Path, spec: PretrainSpec = PretrainSpec(), workers: int = 2,
