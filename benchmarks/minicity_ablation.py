@@ -325,21 +325,13 @@ def grid(regimes: tuple[str, ...], methods: tuple[str, ...]) -> None:
                     regime_run(regime, seed, name)  # BN frozen: the control is source-only
 
 
-def oracle_c() -> None:
-    """The gap in regime (c): a target-trained oracle from the pretrained backbone."""
+def oracle(name: str, extra: list[str]) -> None:
+    """A target-trained oracle on seeds 1-3 (the gap): from the pretrained backbone in (c)
+    (``extra=PRETRAINED``), and (a)'s again with today's code, since the gap table's first runs
+    are from the first session, whose numbers differ from later ones."""
     method, overrides = GAP_RUNS["gap: target-trained oracle"]
     for seed in (1, 2, 3):
-        run_variant(seed, "pretrained gap: target-trained oracle", overrides, PRETRAINED, method,
-                    from_scratch=True)
-
-
-def oracle_a() -> None:
-    """(a)'s oracle again with today's code: the gap table's first runs are from the first
-    session, whose numbers differ from later ones (docs/results/minicity.md)."""
-    method, overrides = GAP_RUNS["gap: target-trained oracle"]
-    for seed in (1, 2, 3):
-        run_variant(seed, "gap: target-trained oracle, rerun", overrides, [], method,
-                    from_scratch=True)
+        run_variant(seed, name, overrides, extra, method, from_scratch=True)
 
 
 CANDIDATES = {  # method: weights tried on the selection split (the first is the default);
@@ -409,10 +401,12 @@ def other_target(style: str) -> None:
 # most informative cells first; everything is cached per run
 PLAN = [
     ("(c): source-only, the control, MinEnt, ours", lambda: grid(("c",), KEY)),
-    ("(c): the target-trained oracle", oracle_c),
+    ("(c): the target-trained oracle",
+     lambda: oracle("pretrained gap: target-trained oracle", PRETRAINED)),
     ("(c, BN frozen): source-only, MinEnt, ours", lambda: grid(("c-frozen",), KEY)),
     ("AdvEnt in (c)", lambda: grid(("c",), ("AdvEnt (1e-3, ADVENT)",))),
-    ("(a): the target-trained oracle, re-run", oracle_a),
+    ("(a): the target-trained oracle, re-run",
+     lambda: oracle("gap: target-trained oracle, rerun", [])),
     ("(c): weights chosen on the selection split", selected_c),
     # AdvEnt costs ~5 min a run here (its discriminators dominate the small network)
     ("AdvEnt in (c, BN frozen)", lambda: grid(("c-frozen",), ("AdvEnt (1e-3, ADVENT)",))),
@@ -450,7 +444,7 @@ def regimes_report() -> None:
         runs += finished(f"seed*/selected {prefix} *")  # weights chosen on selection
         if runs:
             print(f"\n### Regime ({regime}) by `cosalign report {OUT}/seed*/'{prefix} '* --out "
-                  f"{OUT / ('report_' + regime)}`\n")
+                  f"{OUT / ('report_' + regime)}` (without other regimes' and gap folders)\n")
             print(report(runs, OUT / f"report_{regime}", baseline="source_only"))
     for style in STYLES:
         runs = finished(f"seed*/{style} *")
