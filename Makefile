@@ -1,19 +1,20 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+):
-#   make demo   creates .venv, installs torch 2.13.0 (CPU) and cosalign, runs the MiniCity demo
+#   make demo   creates .venv, installs the locked environment (requirements.lock: torch 2.13.0
+#               CPU and every other package at a fixed version and hash) and cosalign, runs the
+#               MiniCity demo
 #   make test   the same set-up, then ruff and the test suite
 # Both are idempotent: with .venv up to date they go straight to the work.
+#   make numbers  re-runs the demo and checks the README's numbers against it (tools/numbers.py)
+#   make lock     re-resolves pyproject.toml into requirements.lock (tools/lock.py); commit it
 VENV  := .venv
-STAMP := $(VENV)/.installed-$(shell python3 -c "import hashlib;print(hashlib.sha1(open('pyproject.toml','rb').read()).hexdigest()[:12])")
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | python3 -c "import hashlib,sys;print(hashlib.sha1(sys.stdin.buffer.read()).hexdigest()[:12])")
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup numbers lock
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned torch requirement would pull a multi-GB CUDA build
-	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	python3 tools/lock.py install $(VENV)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -21,8 +22,14 @@ demo: $(STAMP)
 	$(VENV)/bin/cosalign demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check --quiet src tests benchmarks
+	$(VENV)/bin/ruff check --quiet src tests benchmarks tools
 	$(VENV)/bin/python -m pytest
 
+numbers: $(STAMP)
+	$(VENV)/bin/python tools/numbers.py
+
+lock: $(STAMP)
+	$(VENV)/bin/python tools/lock.py refresh
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools

@@ -2,7 +2,11 @@
 
 import dataclasses
 import hashlib
+import json
+import os
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from cosalign.data import dataset_pairs
@@ -10,8 +14,15 @@ from cosalign.data.check import check_dataset
 from cosalign.data.cityscapes import read_cityscapes_label
 from cosalign.data.gta5 import read_gta5_label
 from cosalign.data.labels import CLASS_SUBSETS
-from cosalign.data.minicity import MiniCitySpec, make_minicity
-from cosalign.data.minicity_render import FOG, GAME, PHOTO, render
+from cosalign.data.minicity import (
+    MiniCitySpec,
+    _jobs,
+    array_digest,
+    combine_digests,
+    content_hash,
+    make_minicity,
+)
+from cosalign.data.minicity_render import DUSK, FOG, GAME, PHOTO, render
 from cosalign.data.minicity_scene import sample_scene
 from tests.conftest import TINY
 
@@ -83,3 +94,44 @@ def test_styles_are_arguments(tmp_path):
                         source_size=(64, 36), target_size=(64, 32), target_style=FOG)
     make_minicity(tmp_path, spec, workers=1, progress=False)
     assert len(list((tmp_path / "cityscapes" / "leftImg8bit").rglob("*.png"))) == 2
+
+
+RECORDED = Path(__file__).parent / "minicity_content.json"
+SMALL = MiniCitySpec(num_source=2, num_source_val=1, num_target_train=1, num_target_val=1,
+                     source_size=(96, 54), target_size=(96, 48))
+CONTENT_CASES = {"game-photo": SMALL, "fog": dataclasses.replace(SMALL, target_style=FOG),
+                 "dusk": dataclasses.replace(SMALL, target_style=DUSK)}
+
+
+def test_content_hash_is_the_recorded_one(tmp_path):
+    """MiniCity is the same data on every machine with the lock's libraries. When this fails,
+    numpy, OpenCV, scikit-image or the generator changed the images: every MiniCity number may
+    move. If the change is intended, re-record and re-make the numbers:
+    ``COSALIGN_RECORD=1 .venv/bin/python -m pytest tests/test_minicity.py -k content_hash``,
+    then ``make numbers``."""
+    got = {}
+    for name, spec in CONTENT_CASES.items():
+        make_minicity(tmp_path / name, spec, workers=1, progress=False)
+        got[name] = content_hash(tmp_path / name)
+    if os.environ.get("COSALIGN_RECORD") == "1":
+        RECORDED.write_text(json.dumps(got, indent=1) + "\n")
+    expected = json.loads(RECORDED.read_text())
+    changed = sorted(n for n in got if got[n] != expected.get(n))
+    assert not changed, (
+        f"MiniCity's generated content changed ({', '.join(changed)}): a dependency or code "
+        "change alters the data, so MiniCity numbers may move. If intended: COSALIGN_RECORD=1 "
+        ".venv/bin/python -m pytest tests/test_minicity.py -k content_hash; then make numbers")
+
+
+def test_content_hash_is_the_hash_of_the_files_written(tmp_path):
+    make_minicity(tmp_path, SMALL, workers=2, progress=False)
+    items = []
+    for image_path, label_path, *_ in _jobs(tmp_path, SMALL):
+        image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+        label = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+        items.append((image_path.relative_to(tmp_path).as_posix(), array_digest(image, label)))
+    assert content_hash(tmp_path) == combine_digests(items)
+    # one changed pixel changes it; the order of the files counts
+    assert combine_digests(items[::-1]) != combine_digests(items)
+    label[0, 0] ^= 1
+    assert array_digest(image, label) != items[-1][1]

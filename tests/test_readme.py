@@ -1,5 +1,6 @@
 """The README's code runs as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -29,3 +30,16 @@ def test_loss_snippet_runs():
 def test_readme_names_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_readme_states_the_recorded_demo_numbers():
+    """The README's demo sentence is made from docs/results/demo.json (what the demo printed,
+    bit for bit; `make numbers` re-runs the demo against that record)."""
+    from tools.numbers import RECORD, readme_is_current, readme_sentence
+
+    record = json.loads(RECORD.read_text())
+    assert readme_is_current(record, README.read_text()) is None, (
+        "README.md's demo numbers differ from docs/results/demo.json; they should read: "
+        + readme_sentence(record))
+    # and the check can fail: a README with other numbers is called stale
+    assert readme_is_current({**record, "gain": record["gain"] + 1}, README.read_text())

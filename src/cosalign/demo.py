@@ -27,7 +27,7 @@ import torch
 
 from cosalign.config import Config, load_config, to_dict
 from cosalign.data import build_dataset
-from cosalign.data.minicity import MiniCitySpec, make_minicity
+from cosalign.data.minicity import MiniCitySpec, content_hash, make_minicity
 from cosalign.data.transforms import denormalize
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
 from cosalign.engine.evaluate import format_table, upsample_logits
@@ -147,6 +147,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
         "premise": {name: r.get("premise", {}) for name, r in results.items()},
         "seconds": {"data": t_data, **seconds, "total": total},
         "environment": environment(),
+        "minicity_content_sha256": content_hash(data_dir),
         "config": to_dict(runs["ours"]),
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))

@@ -9,7 +9,13 @@ GTA5 and Cityscapes do. Everything is a deterministic function of the seed.
     ROOT/gta5/images/NNNNN.png, labels/NNNNN.png, train.txt, val.txt
     ROOT/cityscapes/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png
     ROOT/cityscapes/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png
-    ROOT/minicity.json    the generator's parameters (a cache key)
+    ROOT/minicity.json    the generator's parameters (a cache key) and the content's hash
+
+The content hash (``content_sha256``) covers the decoded pixels and labels of every file in
+order, not the PNG bytes (which another zlib could encode differently): equal hashes mean equal
+data. ``tests/test_minicity.py`` compares a small MiniCity's hash with a recorded one, so a
+dependency or code change that alters the data fails there; the demo records the hash in
+``results.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from cosalign.data.minicity_render import GAME, PHOTO, Style, render
 from cosalign.data.minicity_scene import sample_scene
 
 FORMAT_VERSION = 2
+CONTENT = "content_sha256"  # the stamp's field holding the content hash
 
 
 def _generator_hash() -> str:
@@ -60,7 +67,26 @@ class MiniCitySpec:
                 **json.loads(json.dumps(asdict(self)))}
 
 
-def _write(job: tuple) -> None:
+def array_digest(*arrays: np.ndarray) -> str:
+    """sha256 of arrays' shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def combine_digests(items: list[tuple[str, str]]) -> str:
+    """One sha256 of ``(name, digest)`` pairs, in the order given."""
+    h = hashlib.sha256()
+    for name, digest in items:
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def _write(job: tuple) -> str:
+    """Render and write one image and its label; returns the digest of both arrays."""
     image_path, label_path, size, style, seed = job
     rng = np.random.default_rng(seed)
     cam, surfaces = sample_scene(rng, *size)
@@ -70,6 +96,7 @@ def _write(job: tuple) -> None:
     cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_PNG_COMPRESSION, 1])
     cv2.imwrite(str(label_path), label)
+    return array_digest(image, label)
 
 
 def _jobs(root: Path, spec: MiniCitySpec) -> list[tuple]:
@@ -89,29 +116,42 @@ def _jobs(root: Path, spec: MiniCitySpec) -> list[tuple]:
     return jobs
 
 
+def content_hash(root: Path) -> str | None:
+    """The content hash recorded when MiniCity under ``root`` was generated (None if none)."""
+    stamp = Path(root) / "minicity.json"
+    return json.loads(stamp.read_text()).get(CONTENT) if stamp.is_file() else None
+
+
 def make_minicity(root: Path, spec: MiniCitySpec = MiniCitySpec(), workers: int = 2,
                   progress: bool = True) -> bool:
     """Write MiniCity under ``root`` unless an identical one is there. Returns True if written."""
     root = Path(root)
     stamp = root / "minicity.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == spec.key():
-        return False
+    if stamp.is_file():
+        recorded = json.loads(stamp.read_text())
+        if CONTENT in recorded and {k: v for k, v in recorded.items() if k != CONTENT} \
+                == spec.key():
+            return False
     stamp.unlink(missing_ok=True)
     jobs = _jobs(root, spec)
     bar = tqdm(total=len(jobs), desc="MiniCity", unit="img", disable=not progress)
+    digests = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(_write, jobs, chunksize=16):
+            for digest in pool.map(_write, jobs, chunksize=16):
+                digests.append(digest)
                 bar.update()
     else:
         for job in jobs:
-            _write(job)
+            digests.append(_write(job))
             bar.update()
     bar.close()
+    content = combine_digests([(job[0].relative_to(root).as_posix(), d)
+                               for job, d in zip(jobs, digests)])
     names = [f"{i:05d}.png" for i in range(spec.num_source)]
     split = spec.num_source - spec.num_source_val
     (root / "gta5").mkdir(parents=True, exist_ok=True)
     (root / "gta5" / "train.txt").write_text("\n".join(names[:split]) + "\n")
     (root / "gta5" / "val.txt").write_text("\n".join(names[split:]) + "\n")
-    stamp.write_text(json.dumps(spec.key(), indent=1))
+    stamp.write_text(json.dumps({**spec.key(), CONTENT: content}, indent=1))
     return True
