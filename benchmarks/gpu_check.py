@@ -45,12 +45,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # runnable with nothing installed
 
-from cosalign.config import apply_method, load_config  # noqa: E402
+from cosalign.config import load_config  # noqa: E402
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
-from cosalign.engine.train import autocast_for, train_step  # noqa: E402
+from cosalign.engine.runtime import autocast_for  # noqa: E402
+from cosalign.engine.train import train_step  # noqa: E402
 from cosalign.losses import ClassFeatureDictionary  # noqa: E402
 from cosalign.losses.cosine import cosine_alignment, cosine_alignment_plain  # noqa: E402
-from cosalign.models import Discriminator, build_model  # noqa: E402
+from cosalign.methods import apply_method, build_terms  # noqa: E402
+from cosalign.models import build_model  # noqa: E402
 
 STEP_METHODS = ("source_only", "minent", "advent", "ours", "ours_minent")
 
@@ -137,25 +139,21 @@ def section_step(args, device) -> tuple[str, bool]:
         x_s = torch.randn(1, 3, *size_s, device=device)
         y_s = torch.randint(0, 19, (1, *size_s), device=device)
         x_t = torch.randn(1, 3, *size_t, device=device)
-        d = full_dictionary(base.loss.capacity, model.feature_dim, device)
+        d = full_dictionary(base.dictionary.capacity, model.feature_dim, device)
         first = None
         for method in STEP_METHODS:
             cfg = apply_method(copy.deepcopy(base), method)
             opt = torch.optim.SGD(model.param_groups(1e-6), lr=1e-6, momentum=0.9)
-            discs = opt_d = None
-            if cfg.loss.adv > 0:
-                discs = torch.nn.ModuleDict({"adv": Discriminator(19),
-                                             "adv_aux": Discriminator(19)}).to(device)
-                opt_d = torch.optim.Adam(discs.parameters(), 1e-6, (0.9, 0.99))
+            parts = build_terms(cfg, 19, device)  # AdvEnt: discriminators and their optimizer
             reset_peak(device)
             step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
-                                     {"image": x_t}, 10**6, cfg.loss, d, opt, discs, opt_d,
+                                     {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,
                                      autocast_for(amp, device))
             sec = best_time(step, device, args.repeat)
             first = first or sec
             rows.append([method, "bf16" if amp == "bf16" else "fp32", f"{sec:.3f}",
                          f"{sec / first:.2f}x", peak_gib(device)])
-            del step, opt, discs, opt_d
+            del step, opt, parts
         del model, d
         if device.type == "cuda":
             torch.cuda.empty_cache()

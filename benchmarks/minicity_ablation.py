@@ -11,7 +11,7 @@
     .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
 
 Protocol. Every run trains ``train.iters`` iterations of the MiniCity preset. Adaptation starts
-from a source-only warm-up at ``loss.start_iter`` (or from scratch, start_iter 0); the warm-up
+from a source-only warm-up at ``align.start_iter`` (or from scratch, start_iter 0); the warm-up
 checkpoints of a seed are trained once and every variant branches off them, so a variant and
 source-only share everything up to the branch point.
 
@@ -84,7 +84,7 @@ def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
                 method: str = "ours", from_scratch: bool = False,
                 source_val: bool = False, warmup_name: str = "warmup") -> dict:
     """Train one variant and cache its results. It branches off the seed's warm-up
-    (``warmup_name``, trained with ``extra``) at ``loss.start_iter`` (ours) or at 500 (the other
+    (``warmup_name``, trained with ``extra``) at ``align.start_iter`` (ours) or at 500 (the other
     methods) unless ``from_scratch``."""
     run = OUT / f"seed{seed}" / name
     done = run / "done.json"
@@ -92,7 +92,7 @@ def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
         return json.loads(done.read_text())
     cfg = minicity_config(DATA, [f"train.seed={seed}", *extra, *overrides], method)
     shutil.rmtree(run, ignore_errors=True)
-    start = 0 if from_scratch else cfg.loss.start_iter if method.startswith("ours") else 500
+    start = 0 if from_scratch else cfg.align.start_iter if method.startswith("ours") else 500
     if start > 0:
         ckpt = warmup(seed, extra, warmup_name) / f"ckpt_{start:07d}.pt"
         run.mkdir(parents=True)
@@ -138,7 +138,8 @@ def similarity_quantiles(warmup_run: Path, seed: int, extra: list[str],
     model = build_model(cfg.model, 19)
     model.load_state_dict(state["model"])
     model.eval()
-    d = ClassFeatureDictionary(19, cfg.loss.capacity, model.feature_dim, cfg.loss.per_image)
+    d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
+                               cfg.dictionary.per_image)
     d.load_state_dict(state["dictionary"])
     ref, _ = d.reference()
     ds = build_dataset(cfg.data.target, cfg.data, train=False, labels=False)
@@ -157,21 +158,21 @@ def sweep_variants(quantiles: dict[str, float]) -> dict[str, list[str]]:
     for lam in (0.001, 0.01, 0.1, 1.0):
         v[f"lambda={lam:g}"] = [f"loss.cos={lam}"]
     for q, tau in quantiles.items():
-        v[f"tau={tau:.2f} ({q} of S)"] = [f"loss.tau={tau:.3f}"]
-    v["match=max"] = ["loss.match=max"]
-    v["match=all"] = ["loss.match=all"]
-    v["class_restrict=none"] = ["loss.class_restrict=none"]
-    v["class_restrict=pseudo"] = ["loss.class_restrict=pseudo"]
-    v["reference=batch"] = ["loss.reference=batch"]
+        v[f"tau={tau:.2f} ({q} of S)"] = [f"align.tau={tau:.3f}"]
+    v["match=max"] = ["align.match=max"]
+    v["match=all"] = ["align.match=all"]
+    v["class_restrict=none"] = ["align.class_restrict=none"]
+    v["class_restrict=pseudo"] = ["align.class_restrict=pseudo"]
+    v["reference=batch"] = ["align.reference=batch"]
     for q in (50, 200, 1000):
-        v[f"Q={q}"] = [f"loss.capacity={q}"]
+        v[f"Q={q}"] = [f"dictionary.capacity={q}"]
     for q in (1, 16):
-        v[f"per_image={q}"] = [f"loss.per_image={q}"]
-    v["enqueue=mean"] = ["loss.enqueue=mean"]
+        v[f"per_image={q}"] = [f"dictionary.per_image={q}"]
+    v["enqueue=mean"] = ["dictionary.enqueue=mean"]
     v["features=layer4_pre"] = ["model.feature_layer=layer4_pre"]
     v["features=layer3"] = ["model.feature_layer=layer3"]
     for s in (0, *WARMUPS):
-        v[f"start_iter={s}"] = [f"loss.start_iter={s}"]
+        v[f"start_iter={s}"] = [f"align.start_iter={s}"]
     return v
 
 
@@ -225,7 +226,7 @@ def cmd_collapse(args) -> None:
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(parents=True)
         shutil.copy(warmup(0, []) / "ckpt_0000500.pt", run)
-        cfg = minicity_config(DATA, ["train.seed=0", "loss.class_restrict=none", "loss.cos=1",
+        cfg = minicity_config(DATA, ["train.seed=0", "align.class_restrict=none", "loss.cos=1",
                                      "train.eval_every=50", "train.log_every=10"], "ours")
         train(cfg, run, progress=False)
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]

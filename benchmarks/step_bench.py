@@ -23,9 +23,11 @@ import time
 
 import torch
 
-from cosalign.config import apply_method, load_config
-from cosalign.engine.train import autocast_for, train_step
+from cosalign.config import load_config
+from cosalign.engine.runtime import autocast_for
+from cosalign.engine.train import train_step
 from cosalign.losses import ClassFeatureDictionary
+from cosalign.methods import apply_method, build_terms
 from cosalign.models import build_model
 
 SCALES = {
@@ -50,7 +52,7 @@ def bench(preset: str, overrides: list[str], size_s, size_t, qs, repeat: int) ->
             "MinEnt": apply_method(copy.deepcopy(base), "minent")}
     for q in qs:
         cfg = copy.deepcopy(base)
-        cfg.loss.cos, cfg.loss.capacity = cfg.loss.cos or 0.01, q
+        cfg.loss.cos, cfg.dictionary.capacity = cfg.loss.cos or 0.01, q
         runs[f"ours Q={q}"] = cfg
     state = {}
     for name, cfg in runs.items():
@@ -58,25 +60,27 @@ def bench(preset: str, overrides: list[str], size_s, size_t, qs, repeat: int) ->
         model = build_model(cfg.model, 19).to(device).train()
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
-        d = ClassFeatureDictionary(19, cfg.loss.capacity, model.feature_dim, cfg.loss.per_image)
-        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.loss.capacity,
+        d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
+                                   cfg.dictionary.per_image)
+        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.dictionary.capacity,
                                                          model.feature_dim), dim=1),
-               torch.arange(19).repeat_interleave(cfg.loss.capacity))  # a full dictionary
+               torch.arange(19).repeat_interleave(cfg.dictionary.capacity))  # a full dictionary
         opt = torch.optim.SGD(model.param_groups(1e-4), lr=1e-4, momentum=0.9)
-        state[name] = (cfg, model, d, opt, autocast_for(cfg.train.amp, device))
+        state[name] = (build_terms(cfg, 19, device), model, d, opt,
+                       autocast_for(cfg.train.amp, device))
     # the floor of any method that adapts through the target batch: source-only plus a target
     # forward and backward through the backbone, with a loss that costs nothing
     state[FLOOR] = state.pop("source-only")
     state["source-only"] = state[FLOOR]
     times = {name: [] for name in [*runs, FLOOR]}
     for it in range(repeat + 1):
-        for name, (cfg, model, d, opt, ac) in state.items():
+        for name, (parts, model, d, opt, ac) in state.items():
             t0 = time.perf_counter()
             if name == FLOOR:  # its gradient is computed, then cleared by train_step
                 with ac():
                     features = model(x_t).features
                 features.float().mean().backward()
-            train_step(model, {"image": x_s, "label": y_s}, {"image": x_t}, 10**6, cfg.loss, d,
+            train_step(model, {"image": x_s, "label": y_s}, {"image": x_t}, 10**6, parts, d,
                        opt, autocast=ac)
             if it > 0:  # the first round warms up
                 times[name].append(time.perf_counter() - t0)

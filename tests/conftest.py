@@ -82,6 +82,6 @@ def tiny_config(tiny_minicity):
         "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
         "data.batch_size=2", "model.width=0.125", "train.iters=6", "optim.schedule_iters=6",
         "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=3",
-        "loss.capacity=8", "loss.cos=0.1", "loss.tau=0.0", "loss.start_iter=0",
+        "dictionary.capacity=8", "loss.cos=0.1", "align.tau=0.0", "align.start_iter=0",
         f"train.device={TEST_DEVICE}",
     ])

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from cosalign.engine.train import autocast_for, train
+from cosalign.engine.runtime import autocast_for
+from cosalign.engine.train import train
 from cosalign.losses import cosine_alignment
 from cosalign.models import DeepLabV2
 
@@ -50,16 +51,18 @@ def test_loss_products_follow_autocast_unless_set(tiny_config, device, product_d
     from cosalign.data import build_dataset
     from cosalign.engine.train import batches, train_step
     from cosalign.losses import ClassFeatureDictionary
+    from cosalign.methods import build_terms
     from cosalign.models import build_model
 
     cfg = copy.deepcopy(tiny_config)
-    cfg.loss.bf16_matmul, cfg.loss.class_restrict = setting, "none"
+    cfg.align.matmul = {None: "auto", False: "fp32", True: "bf16"}[setting]
+    cfg.align.class_restrict = "none"
     model = build_model(cfg.model, 19).to(device)
     d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
     src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
     tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     for it in range(2):  # the first step fills the dictionary, the second uses it
-        train_step(model, next(src), next(tgt), it, cfg.loss, d, opt,
+        train_step(model, next(src), next(tgt), it, build_terms(cfg, 19, device), d, opt,
                    autocast=autocast_for("bf16", device))
     assert product_dtypes and set(product_dtypes) == {expected}

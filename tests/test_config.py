@@ -3,13 +3,14 @@
 import pytest
 
 from cosalign.config import (
+    MATCHES,
     ConfigError,
-    apply_method,
     from_dict,
     load_config,
     resolve_preset,
     to_dict,
 )
+from cosalign.methods import apply_method, method_config
 
 
 def test_presets_load_and_round_trip():
@@ -19,9 +20,9 @@ def test_presets_load_and_round_trip():
 
 
 def test_override_sets_typed_value():
-    cfg = load_config("minicity", ["loss.tau=0.7", "optim.lr=1", "data.source.size=[64, 32]",
+    cfg = load_config("minicity", ["align.tau=0.7", "optim.lr=1", "data.source.size=[64, 32]",
                                    "model.weights=null"])
-    assert cfg.loss.tau == 0.7
+    assert cfg.align.tau == 0.7
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.data.source.size == (64, 32)
     assert cfg.model.weights is None
@@ -40,7 +41,7 @@ def test_exponent_notation_is_a_float():
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["loss.lamda=1"])
-    assert "loss.lamda" in str(e.value) and "loss.tau" in str(e.value)
+    assert "loss.lamda" in str(e.value) and "align.tau" in str(e.value)
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(None, ["loss=1"])
 
@@ -51,7 +52,7 @@ def test_wrong_type_is_an_error():
     with pytest.raises(ConfigError, match="expected 2 values"):
         load_config(None, ["data.source.size=[1, 2, 3]"])
     with pytest.raises(ConfigError, match="key=value"):
-        load_config(None, ["loss.tau"])
+        load_config(None, ["align.tau"])
 
 
 def test_bad_yaml_file_names_the_file(tmp_path):
@@ -77,5 +78,30 @@ def test_methods_set_loss_weights():
 
 
 def test_overrides_win_over_the_method():
-    cfg = load_config("minicity", ["loss.ent=0.01"], method="minent")
+    cfg = method_config("minicity", ["loss.ent=0.01"], method="minent")
     assert cfg.loss.ent == 0.01 and cfg.loss.ent_aux == 2e-4
+    with pytest.raises(ConfigError, match="needs loss.cos > 0"):
+        method_config("minicity", ["loss.cos=0"], method="ours")
+
+
+@pytest.mark.parametrize("key, bad", [("align.match", "bar"), ("model.bn", "foo"),
+                                      ("align.reference", "foo"), ("train.amp", "fp8"),
+                                      ("data.source.dataset", "kitti"), ("align.matmul", "tf32")])
+def test_a_value_outside_the_fields_choices_is_an_error_naming_them(key, bad):
+    with pytest.raises(ConfigError, match=f"{key}: expected one of .*got '{bad}'"):
+        load_config(None, [f"{key}={bad}"])
+    cfg = load_config(None)
+    assert cfg.align.match in MATCHES
+
+
+def test_keys_of_the_old_layout_load_as_their_new_names(tmp_path):
+    """Configs and checkpoints written before 0.2 kept the alignment's and the dictionary's
+    settings under loss:; they load unchanged."""
+    cfg = load_config(None, ["loss.tau=0.7", "loss.capacity=50", "loss.bf16_matmul=false"])
+    assert (cfg.align.tau, cfg.dictionary.capacity, cfg.align.matmul) == (0.7, 50, "fp32")
+    old = to_dict(load_config("minicity"))
+    old["loss"].update({"tau": 0.6, "start_iter": 7, "per_image": 3, "bf16_matmul": None})
+    del old["align"], old["dictionary"]
+    back = from_dict(old)
+    assert (back.align.tau, back.align.start_iter, back.dictionary.per_image,
+            back.align.matmul) == (0.6, 7, 3, "auto")

@@ -14,7 +14,7 @@ def test_demo_writes_table_results_and_figure(tiny_minicity, tmp_path, capsys):
     summary = run_demo(tiny_minicity, tmp_path / "demo", spec=TINY, progress=False, overrides=[
         "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
         "data.batch_size=2", "train.iters=6", "optim.schedule_iters=6",
-        "loss.start_iter=3", "loss.capacity=8", "train.log_every=1",
+        "align.start_iter=3", "dictionary.capacity=8", "train.log_every=1",
         f"train.device={TEST_DEVICE}"])
     out = capsys.readouterr().out
     assert "| road |" in out and "gain of ours over source-only" in out

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cosalign.config import apply_method
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
 from cosalign.engine.train import as_floats, batches, train, train_step
 from cosalign.losses import ClassFeatureDictionary
+from cosalign.methods import apply_method, build_terms
 from cosalign.models import build_model
 from tests.conftest import TEST_DEVICE
 
@@ -46,13 +46,15 @@ def _steps_worker(rank, world, port, cfg, out_dir):
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=True)
-    d = ClassFeatureDictionary(19, cfg.loss.capacity, model.feature_dim, cfg.loss.per_image)
+    d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
+                               cfg.dictionary.per_image)
     d.to(device)
     opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01, momentum=0.9)
     src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
     tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
     torch.manual_seed(100 + rank)  # different sampling on each rank: the gather must align them
-    terms = [train_step(ddp, next(src), next(tgt), it, cfg.loss, d, opt) for it in range(4)]
+    parts = build_terms(cfg, 19, device)
+    terms = [train_step(ddp, next(src), next(tgt), it, parts, d, opt) for it in range(4)]
     torch.save({"entries": d.entries.cpu(), "filled": d.filled.cpu(), "head": d.head.cpu(),
                 "terms": [as_floats(t) for t in terms],
                 "weight": model.head.branches[0].weight.detach().cpu()}, out_dir / f"rank{rank}.pt")

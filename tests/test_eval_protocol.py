@@ -13,7 +13,7 @@ from cosalign.cli import main
 from cosalign.config import load_config, to_dict
 from cosalign.data.labels import TRAINID_TO_CITYSCAPES_ID
 from cosalign.engine.checkpoint import save_checkpoint
-from cosalign.engine.inference import evaluate_checkpoint
+from cosalign.engine.evaluate import evaluate_checkpoint
 from cosalign.engine.tta import TTA
 from cosalign.models import build_model
 from tests.conftest import official_module

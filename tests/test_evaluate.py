@@ -10,8 +10,8 @@ from cosalign.engine.evaluate import (
     mean_iou,
     per_class_iou,
     summarize,
-    upsample_logits,
 )
+from cosalign.engine.upsample import upsample_logits
 
 
 @pytest.mark.parametrize("case", ["uint8", "int64", "negative ignore", "large ids"])

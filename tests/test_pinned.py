@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cosalign.config import apply_method
 from cosalign.engine.logger import read_metrics
 from cosalign.engine.train import train
+from cosalign.methods import apply_method
 from tests.conftest import TEST_DEVICE
 
 RECORDED = Path(__file__).parent / "pinned_terms.json"

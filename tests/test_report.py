@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from cosalign.cli import main
-from cosalign.config import apply_method, load_config, to_dict
+from cosalign.config import load_config, to_dict
 from cosalign.engine.train import train
+from cosalign.methods import apply_method, method_config
 from cosalign.report import ReportError, method_name, report
 
 T975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
@@ -18,7 +19,8 @@ T975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedo
 
 def fake_run(path, method, seed, miou, road=50.0, iters=100, extra=()):
     """A run folder as `cosalign train` leaves it: config.yaml and metrics.jsonl."""
-    cfg = load_config("minicity", [f"train.seed={seed}", f"train.iters={iters}", *extra], method)
+    cfg = method_config("minicity", [f"train.seed={seed}", f"train.iters={iters}", *extra],
+                        method)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     rows = [{"iter": i, "kind": "train", "seg": 1.0 / i, "lr": 0.01} for i in (50, 100)]
@@ -62,15 +64,15 @@ def test_gains_pair_by_seed_and_say_when_there_is_no_interval(tmp_path):
 
 def test_by_splits_groups_and_unsplit_differences_warn(tmp_path):
     for s in (1, 2):
-        fake_run(tmp_path / f"a{s}", "ours", s, 30.0 + s, extra=["loss.tau=0.5"])
-        fake_run(tmp_path / f"b{s}", "ours", s, 33.0 + s, extra=["loss.tau=0.6"])
+        fake_run(tmp_path / f"a{s}", "ours", s, 30.0 + s, extra=["align.tau=0.5"])
+        fake_run(tmp_path / f"b{s}", "ours", s, 33.0 + s, extra=["align.tau=0.6"])
     with pytest.raises(ReportError, match="several runs with seed 1"):
         report([tmp_path], tmp_path / "out")
-    text = report([tmp_path], tmp_path / "out", by=("loss.tau",))
-    assert "| ours [loss.tau=0.5] |" in text and "| ours [loss.tau=0.6] |" in text
-    fake_run(tmp_path / "c3", "ours", 3, 30.0, extra=["loss.tau=0.5", "loss.capacity=50"])
+    text = report([tmp_path], tmp_path / "out", by=("align.tau",))
+    assert "| ours [align.tau=0.5] |" in text and "| ours [align.tau=0.6] |" in text
+    fake_run(tmp_path / "c3", "ours", 3, 30.0, extra=["align.tau=0.5", "dictionary.capacity=50"])
     text = report([tmp_path / "a1", tmp_path / "c3"], tmp_path / "out")
-    assert "warning: runs of 'ours' differ in loss.capacity" in text
+    assert "warning: runs of 'ours' differ in dictionary.capacity" in text
 
 
 def test_method_names_from_loss_weights():
@@ -78,9 +80,9 @@ def test_method_names_from_loss_weights():
     for name in ("source_only", "target_bn", "minent", "advent", "ours", "ours_minent",
                  "ours_advent"):
         assert method_name(apply_method(copy.deepcopy(base), name)) == name
-    control = load_config("minicity", ["loss.ent=1e-12", "loss.ent_aux=0"], "minent")
+    control = method_config("minicity", ["loss.ent=1e-12", "loss.ent_aux=0"], "minent")
     assert method_name(control) == "minent (loss.ent=1e-12, loss.ent_aux=0)"
-    three = load_config("minicity", ["loss.ent=0.001", "loss.adv=0.001"], "ours")
+    three = method_config("minicity", ["loss.ent=0.001", "loss.adv=0.001"], "ours")
     assert method_name(three).startswith("custom (loss.cos=0.1, loss.ent=0.001")
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from cosalign.cli import main
-from cosalign.config import apply_method
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
 from cosalign.engine.logger import read_metrics
 from cosalign.engine.train import NonFiniteLoss, train
+from cosalign.methods import apply_method
 
 
 @pytest.mark.parametrize("method", ["source_only", "minent", "ours", "ours_advent"])
@@ -40,7 +40,7 @@ def test_every_method_trains_logs_and_evaluates(tiny_config, tmp_path, method):
 
 def test_cosine_loss_waits_for_start_iter(tiny_config, tmp_path):
     cfg = copy.deepcopy(tiny_config)
-    cfg.loss.start_iter = 4
+    cfg.align.start_iter = 4
     train(cfg, tmp_path, progress=False)
     rows = {r["iter"]: r for r in read_metrics(tmp_path) if r["kind"] == "train"}
     assert "cos" not in rows[2] and "cos" not in rows[4] and "cos" in rows[6]
@@ -63,9 +63,10 @@ def test_resume_equals_straight_run(tiny_config, tmp_path, method):
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=atol, rtol=0)
     torch.testing.assert_close(a["dictionary"]["entries"], b["dictionary"]["entries"])
     if method == "ours_advent":
-        for key in a["discriminators"]:
-            torch.testing.assert_close(a["discriminators"][key], b["discriminators"][key],
-                                       atol=atol, rtol=0)
+        da = a["terms"]["adversarial"]["discriminators"]
+        db = b["terms"]["adversarial"]["discriminators"]
+        for key in da:
+            torch.testing.assert_close(da[key], db[key], atol=atol, rtol=0)
 
 
 def test_deterministic_mode_ends_with_the_run(tiny_config, tmp_path):
@@ -82,7 +83,7 @@ def test_deterministic_mode_ends_with_the_run(tiny_config, tmp_path):
 
 def test_deterministic_mode_sets_and_restores(monkeypatch):
     """CPU by nature: checks the switches themselves, for a CUDA device without using one."""
-    from cosalign.engine.train import deterministic_mode
+    from cosalign.engine.runtime import deterministic_mode
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     with deterministic_mode(True, torch.device("cuda")):
@@ -101,7 +102,7 @@ def test_nan_stops_with_iteration_and_term_and_keeps_checkpoint(tiny_config, tmp
     train(cfg, tmp_path, progress=False, stop_at=3)
     before = load_checkpoint(list_checkpoints(tmp_path)[-1])
 
-    import cosalign.engine.train as engine
+    import cosalign.methods.alignment as engine
 
     real = engine.cosine_alignment
 
@@ -131,7 +132,7 @@ def test_cli_train_missing_dataset_exits_2(tmp_path, capsys):
 def test_cli_train_unknown_key_exits_2(capsys):
     code = main(["train", "--config", "minicity", "--set", "loss.lamda=1"])
     err = capsys.readouterr().err
-    assert code == 2 and "loss.lamda" in err and "loss.tau" in err
+    assert code == 2 and "loss.lamda" in err and "align.tau" in err
 
 
 def test_cli_train_and_resume(tiny_config, tiny_minicity, tmp_path, capsys):
@@ -173,20 +174,21 @@ def test_advent_step_trains_discriminators_and_fools_them(tiny_config, device):
     from cosalign.data import build_dataset
     from cosalign.engine.train import batches, train_step
     from cosalign.losses import ClassFeatureDictionary
-    from cosalign.models import Discriminator, build_model
+    from cosalign.methods import build_terms
+    from cosalign.models import build_model
 
     cfg = apply_method(copy.deepcopy(tiny_config), "advent")
     torch.manual_seed(0)
     model = build_model(cfg.model, 19).to(device)
-    discs = torch.nn.ModuleDict({"adv": Discriminator(19), "adv_aux": Discriminator(19)})
-    discs.to(device)
+    parts = build_terms(cfg, 19, device)
+    assert [p.name for p in parts] == ["adversarial"]
+    discs = parts[0].discs
     before = {k: v.clone() for k, v in discs.state_dict().items()}
     opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01)
-    opt_d = torch.optim.Adam(discs.parameters(), 1e-4, betas=(0.9, 0.99))
     d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
     src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
     tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
-    terms = train_step(model, next(src), next(tgt), 0, cfg.loss, d, opt, discs, opt_d)
+    terms = train_step(model, next(src), next(tgt), 0, parts, d, opt)
     assert {"adv", "adv_aux", "d_adv_src", "d_adv_tgt", "d_adv_aux_src"} <= set(terms)
     changed = [k for k, v in discs.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(before)  # every discriminator tensor was updated
@@ -200,6 +202,7 @@ def test_target_bn_control_moves_only_batchnorm_statistics(tiny_config, device):
     from cosalign.data import build_dataset
     from cosalign.engine.train import batches, train_step
     from cosalign.losses import ClassFeatureDictionary
+    from cosalign.methods import build_terms
     from cosalign.models import build_model
 
     after = {}
@@ -212,7 +215,7 @@ def test_target_bn_control_moves_only_batchnorm_statistics(tiny_config, device):
         src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
         tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1,
                       0, 0)
-        terms = train_step(model, next(src), next(tgt), 0, cfg.loss, d, opt)
+        terms = train_step(model, next(src), next(tgt), 0, build_terms(cfg, 19, device), d, opt)
         assert set(terms) == {"seg", "seg_aux"}  # no target term for either
         after[method] = {k: v.clone() for k, v in model.state_dict().items()}
     a, b = after["source_only"], after["target_bn"]

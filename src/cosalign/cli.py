@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cosalign.config import METHODS, ConfigError
+from cosalign.config import DATASETS, DEVICES, ConfigError
+from cosalign.methods.table import METHODS
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -31,10 +32,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cosalign.config import load_config
     from cosalign.engine import distributed
     from cosalign.engine.evaluate import format_table
     from cosalign.engine.train import train
+    from cosalign.methods import method_config
 
     run_dir = Path(args.resume or args.out or "")
     config = args.config
@@ -45,7 +46,7 @@ def cmd_train(args) -> int:
     if config is None:
         raise ConfigError("--config is required (a YAML file or a preset: minicity, "
                           "gta5_to_cityscapes, synthia_to_cityscapes)")
-    cfg = load_config(config, args.set, method=args.method)
+    cfg = method_config(config, args.set, method=args.method)
     if not args.resume and not args.out:
         run_dir = Path("runs") / f"{Path(config).stem}_{args.method or 'default'}"
     results = train(cfg, run_dir, progress=not args.quiet)
@@ -79,8 +80,7 @@ def _tta(args):
 
 def cmd_eval(args) -> int:
     from cosalign.engine import distributed
-    from cosalign.engine.evaluate import format_table
-    from cosalign.engine.inference import evaluate_checkpoint
+    from cosalign.engine.evaluate import evaluate_checkpoint, format_table
 
     results = evaluate_checkpoint(
         args.checkpoint, data_root=args.data, split=args.split, size=args.size, tta=_tta(args),
@@ -155,7 +155,7 @@ def cmd_data_convert(args) -> int:
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    p.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: the GPU when there is one")
 
 
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("convert", cmd_data_convert, "write *_labelTrainIds.png")):
         c = dsub.add_parser(name, help=helptext)
         c.add_argument("root")
-        c.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
+        c.add_argument("--dataset", required=True, choices=DATASETS)
         c.add_argument("--split", help="cityscapes split (check: default every split present; "
                        "convert: default train)")
         c.add_argument("--list-file")

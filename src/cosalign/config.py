@@ -1,8 +1,14 @@
 """Configuration: nested dataclasses, YAML presets and ``--set a.b=value`` overrides.
 
 A preset (src/cosalign/configs/*.yaml) holds only the fields that differ from the defaults
-below. An override must name an existing field and keep its type; otherwise the error lists the
-valid keys. ``METHODS`` names the loss weights of every method in the one training loop.
+below. An override must name an existing field and keep its type; a field with a fixed set of
+values declares them next to it (:func:`choice`), and a value outside them is an error that
+lists them (the CLI takes its ``choices`` from the same constants). The sections say one thing
+each: ``loss`` the weight of every term (the methods of cosalign/methods/table.py set them),
+``align`` the settings of the cosine alignment, ``dictionary`` those of the source feature
+dictionary. Keys of the layout before 0.2 (``loss.tau``, ``loss.capacity``,
+``loss.bf16_matmul``...) are read as their new names (:data:`RENAMED`), so old configs and
+checkpoints still load.
 """
 
 from __future__ import annotations
@@ -17,16 +23,35 @@ import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
+DATASETS = ("gta5", "synthia", "cityscapes")
+NORMALIZATIONS = ("caffe", "imagenet")
+INTERPOLATIONS = ("bilinear", "bicubic")
+FEATURE_LAYERS = ("layer4", "layer4_pre", "layer3")
+BN_MODES = ("train", "affine_frozen", "frozen")
+MATCHES = ("all", "max")
+REFERENCES = ("dictionary", "batch")
+CLASS_RESTRICTS = ("none", "pseudo")
+ENQUEUES = ("pixels", "mean")
+MATMULS = ("auto", "bf16", "fp32")
+AMPS = ("none", "bf16", "fp16")
+DEVICES = ("auto", "cuda", "cpu")
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message says which key and what is valid."""
+
+
+def choice(default: str, choices: tuple[str, ...]):
+    """A string field whose value must be one of ``choices``."""
+    assert default in choices
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass
 class DomainConfig:
     """One dataset split as read from disk."""
 
-    dataset: str = "gta5"  # gta5 | synthia | cityscapes
+    dataset: str = choice("gta5", DATASETS)
     root: str = "data/gta5"
     split: str = "train"  # cityscapes only
     list_file: str | None = None  # optional list of images (relative to the image folder)
@@ -45,8 +70,8 @@ class DataConfig:
         dataset="cityscapes", root="data/cityscapes", split="val", size=(1024, 512)))
     classes: str = "cityscapes19"  # headline class subset for mIoU (data/labels.py)
     extra_classes: list[str] = field(default_factory=list)  # also reported, e.g. synthia13
-    normalization: str = "caffe"  # caffe (BGR - mean) | imagenet
-    interpolation: str = "bilinear"  # image resize: bilinear | bicubic
+    normalization: str = choice("caffe", NORMALIZATIONS)  # caffe: BGR - mean
+    interpolation: str = choice("bilinear", INTERPOLATIONS)  # image resize
     batch_size: int = 1  # per domain and per process
     workers: int = 2
     cache: bool = False  # keep decoded, resized images in memory (small datasets)
@@ -57,33 +82,47 @@ class ModelConfig:
     depth: int = 101
     width: float = 1.0
     rates: tuple[int, ...] = (6, 12, 18, 24)
-    feature_layer: str = "layer4"  # layer4 | layer4_pre | layer3
-    bn: str = "affine_frozen"  # train | affine_frozen | frozen
+    feature_layer: str = choice("layer4", FEATURE_LAYERS)
+    bn: str = choice("affine_frozen", BN_MODES)
     weights: str | None = None  # a local weights file, or minicity_pretrained
 
 
 @dataclass
 class LossConfig:
-    aux: float = 0.1  # weight of the auxiliary segmentation head
-    cos: float = 0.0  # lambda_cos; 0 turns the paper's loss off
-    tau: float = 0.5
-    match: str = "all"  # all | max
-    reference: str = "dictionary"  # dictionary | batch
-    class_restrict: str = "none"  # none | pseudo
-    capacity: int = 1000  # Q, slots per class in the dictionary
-    per_image: int = 16  # q, positions enqueued per image and class
-    enqueue: str = "pixels"  # pixels | mean
-    start_iter: int = 0  # the cosine loss is applied from this iteration on
-    # the loss's products: null = the features' precision (bf16 under train.amp=bf16),
-    # true = bf16, false = fp32; norms, thresholds and sums stay fp32 in every case
-    bf16_matmul: bool | None = None
-    # the BatchNorm control: target batches go through the network in train mode (BatchNorm
-    # statistics move toward the target, as under every adaptation loss), with no loss
-    target_bn: bool = False
+    """The weight of every term; 0 turns a term off (docs/METHOD.md section 4)."""
+
+    aux: float = 0.1  # the auxiliary segmentation head (source)
+    cos: float = 0.0  # lambda_cos, the cosine alignment
     ent: float = 0.0  # MinEnt, main head
     ent_aux: float = 0.0
     adv: float = 0.0  # AdvEnt, main head
     adv_aux: float = 0.0
+    # the BatchNorm control: target batches go through the network in train mode (BatchNorm
+    # statistics move toward the target, as under every adaptation loss), with no loss
+    target_bn: bool = False
+
+
+@dataclass
+class AlignConfig:
+    """The cosine alignment (losses/cosine.py)."""
+
+    tau: float = 0.5
+    match: str = choice("all", MATCHES)
+    reference: str = choice("dictionary", REFERENCES)
+    class_restrict: str = choice("none", CLASS_RESTRICTS)
+    start_iter: int = 0  # applied from this iteration on
+    # the products: auto = the features' precision (bf16 under train.amp=bf16); norms,
+    # thresholds and sums stay fp32 in every case
+    matmul: str = choice("auto", MATMULS)
+
+
+@dataclass
+class DictionaryConfig:
+    """The class-wise source feature dictionary (losses/dictionary.py)."""
+
+    capacity: int = 1000  # Q, slots per class
+    per_image: int = 16  # q, positions enqueued per image and class
+    enqueue: str = choice("pixels", ENQUEUES)
 
 
 @dataclass
@@ -101,14 +140,14 @@ class OptimConfig:
 class TrainConfig:
     iters: int = 120_000
     seed: int = 0
-    amp: str = "none"  # none | bf16 | fp16
+    amp: str = choice("none", AMPS)
     channels_last: bool = False  # NHWC convolutions (faster on recent CPUs and GPUs)
     log_every: int = 50
     eval_every: int = 5000  # 0: only at the end
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     deterministic: bool = False  # deterministic kernels where they exist (warns where not)
-    device: str = "auto"  # auto (GPU LOCAL_RANK if CUDA is there) | cuda | cpu (gloo if torchrun)
+    device: str = choice("auto", DEVICES)  # auto: GPU LOCAL_RANK if CUDA is there; cpu: gloo
 
 
 @dataclass
@@ -116,33 +155,19 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    dictionary: DictionaryConfig = field(default_factory=DictionaryConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# Loss weights of each method (docs/METHOD.md section 4); "ours" keeps the preset's lambda_cos.
-_OFF = {"cos": 0.0, "ent": 0.0, "ent_aux": 0.0, "adv": 0.0, "adv_aux": 0.0, "target_bn": False}
-METHODS: dict[str, dict[str, float | bool | None]] = {
-    "source_only": _OFF,
-    "target_bn": {**_OFF, "target_bn": True},
-    "minent": {**_OFF, "ent": 1e-3, "ent_aux": 2e-4},
-    "advent": {**_OFF, "adv": 1e-3, "adv_aux": 2e-4},
-    "ours": {**_OFF, "cos": None},
-    "ours_minent": {**_OFF, "cos": None, "ent": 1e-3, "ent_aux": 2e-4},
-    "ours_advent": {**_OFF, "cos": None, "adv": 1e-3, "adv_aux": 2e-4},
+# keys of the layout before 0.2 -> (new key, value map)
+RENAMED: dict[str, tuple[str, dict | None]] = {
+    **{f"loss.{k}": (f"align.{k}", None)
+       for k in ("tau", "match", "reference", "class_restrict", "start_iter")},
+    **{f"loss.{k}": (f"dictionary.{k}", None) for k in ("capacity", "per_image", "enqueue")},
+    "loss.bf16_matmul": ("align.matmul", {None: "auto", True: "bf16", False: "fp32"}),
 }
-
-
-def apply_method(cfg: Config, method: str) -> Config:
-    """Set the loss weights of ``method``; weights given as None keep the config's value."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
-    for key, value in METHODS[method].items():
-        if value is not None:
-            setattr(cfg.loss, key, value)
-    if METHODS[method]["cos"] is None and cfg.loss.cos == 0:
-        raise ConfigError(f"method {method!r} needs loss.cos > 0 in the config")
-    return cfg
 
 
 def _keys(obj, prefix: str = "") -> list[str]:
@@ -194,18 +219,26 @@ def _coerce(value, hint, key: str):
 
 
 def set_key(cfg: Config, key: str, value) -> None:
-    """Set ``cfg.<key>`` (dotted) to ``value`` after checking the key exists and the type fits."""
+    """Set ``cfg.<key>`` (dotted) to ``value`` after checking the key exists, the type fits and
+    the value is one of the field's choices. Old key names (:data:`RENAMED`) are read as new."""
+    if key in RENAMED:
+        key, values = RENAMED[key]
+        value = values.get(value, value) if values else value
     parts = key.split(".")
     obj = cfg
     for part in parts[:-1]:
         obj = getattr(obj, part, None)
         if not dataclasses.is_dataclass(obj):
             break
-    names = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
-    if parts[-1] not in names or dataclasses.is_dataclass(getattr(obj, parts[-1])):
+    fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+    if parts[-1] not in fields or dataclasses.is_dataclass(getattr(obj, parts[-1])):
         raise ConfigError(f"unknown config key {key!r}; valid keys:\n  " + "\n  ".join(_keys(cfg)))
     hints = typing.get_type_hints(type(obj))
-    setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
+    value = _coerce(value, hints[parts[-1]], key)
+    choices = fields[parts[-1]].metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    setattr(obj, parts[-1], value)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -232,9 +265,10 @@ def resolve_preset(name_or_path: str) -> Path:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None,
-                method: str | None = None) -> Config:
-    """Defaults, then the YAML file (or preset name), then the loss weights of ``method``, then
-    ``key=value`` overrides (so ``--set loss.ent=0.01`` wins over ``--method minent``)."""
+                method: dict | None = None) -> Config:
+    """Defaults, then the YAML file (or preset name), then ``method``'s ``{key: value}``
+    (:func:`cosalign.methods.method_config` passes a method's weights), then ``key=value``
+    overrides (so ``--set loss.ent=0.01`` wins over ``--method minent``)."""
     cfg = Config()
     if path is not None:
         file = resolve_preset(path)
@@ -249,8 +283,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
                 set_key(cfg, key, value)
             except ConfigError as e:
                 raise ConfigError(f"{file}: {e}") from None
-    if method is not None:
-        apply_method(cfg, method)
+    for key, value in (method or {}).items():
+        set_key(cfg, key, value)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.tau=0.6")

@@ -1,7 +1,7 @@
 """``cosalign demo``: the method end to end on MiniCity, on a CPU, in a few minutes.
 
 1. Generate MiniCity under ``data_dir`` (skipped when an identical copy is there).
-2. Train source-only up to the warm-up iteration ``loss.start_iter``, from the pretrained
+2. Train source-only up to the warm-up iteration ``align.start_iter``, from the pretrained
    backbone that ships with the package (:data:`REGIME`); branch "ours" and the BatchNorm
    control off that checkpoint (the runs are identical until then, so the warm-up is trained
    once).
@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import Config, load_config, to_dict
+from cosalign.config import Config, to_dict
 from cosalign.data import build_dataset
 from cosalign.data.minicity import MiniCitySpec, content_hash, make_minicity
 from cosalign.data.transforms import denormalize
-from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
-from cosalign.engine.evaluate import format_table, upsample_logits
+from cosalign.engine.checkpoint import list_checkpoints, load_trained
+from cosalign.engine.evaluate import format_table
 from cosalign.engine.train import train
-from cosalign.models import build_model
+from cosalign.engine.upsample import upsample_logits
+from cosalign.methods import method_config
 from cosalign.viz import comparison_figure
 from cosalign.viz_alignment import run_viz
 
@@ -48,7 +49,7 @@ def minicity_config(data_dir: str | Path, overrides: list[str] | None = None,
                     method: str | None = None) -> Config:
     """The MiniCity preset with its dataset roots under ``data_dir``."""
     d = Path(data_dir)
-    return load_config("minicity", [
+    return method_config("minicity", [
         f"data.source.root={d / 'gta5'}", f"data.source.list_file={d / 'gta5' / 'train.txt'}",
         f"data.target.root={d / 'cityscapes'}", f"data.val.root={d / 'cityscapes'}",
         *(overrides or []),
@@ -68,10 +69,8 @@ def environment() -> dict[str, str]:
             "machine": platform.machine(), "threads": str(torch.get_num_threads())}
 
 
-def _predict(run_dir: Path, cfg: Config, samples: list[dict]) -> list[np.ndarray]:
-    model = build_model(cfg.model, 19)
-    model.load_state_dict(load_checkpoint(list_checkpoints(run_dir)[-1])["model"])
-    model.eval()
+def _predict(run_dir: Path, samples: list[dict]) -> list[np.ndarray]:
+    model, _, _ = load_trained(run_dir)
     out = []
     with torch.no_grad():
         for s in samples:
@@ -97,7 +96,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
     for d in dirs.values():  # a fresh demo each time
         shutil.rmtree(d, ignore_errors=True)
 
-    warmup = cfg.loss.start_iter
+    warmup = cfg.align.start_iter
     if warmup > 0:
         print(f"source-only warm-up: {warmup} iterations (shared by all runs), from "
               f"model.weights={cfg.model.weights}, model.bn={cfg.model.bn}")
@@ -130,7 +129,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
 
     val = build_dataset(cfg.data.val, cfg.data, train=False)
     samples = [val[i] for i in np.linspace(0, len(val) - 1, 4).astype(int)]
-    preds = {name: _predict(dirs[name], runs[name], samples) for name in runs}
+    preds = {name: _predict(dirs[name], samples) for name in runs}
     rows = []
     for i, s in enumerate(samples):
         label = s["label"].numpy().astype(np.uint8)

@@ -30,8 +30,9 @@ from tqdm import tqdm
 from cosalign.data.randomized import MATERIALS, render_set
 from cosalign.data.transforms import normalize
 from cosalign.engine.checkpoint import save_atomic
-from cosalign.engine.evaluate import confusion_matrix, mean_iou, per_class_iou, upsample_logits
-from cosalign.engine.train import poly_lr
+from cosalign.engine.evaluate import confusion_matrix, mean_iou, per_class_iou
+from cosalign.engine.runtime import poly_lr
+from cosalign.engine.upsample import upsample_logits
 from cosalign.models import DeepLabV2
 from cosalign.models.weights import BUNDLED
 

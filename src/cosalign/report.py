@@ -27,9 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from cosalign.config import METHODS, Config, ConfigError, flatten, from_dict, to_dict
+from cosalign.config import Config, ConfigError, flatten, from_dict, to_dict
 from cosalign.data.labels import CLASS_NAMES, class_subset
 from cosalign.engine.logger import read_metrics
+from cosalign.methods import METHODS, method_name
 
 # config keys that do not change what a run measures (paths differ between machines)
 IGNORED = ("train.seed", "train.device", "train.log_every", "train.eval_every",
@@ -53,23 +54,6 @@ class Run:
     @property
     def seed(self) -> int:
         return self.cfg.train.seed
-
-
-def method_name(cfg: Config) -> str:
-    """The method of ``config.METHODS`` whose terms are switched on, with the weights that
-    differ from its defaults, e.g. ``minent (loss.ent=1e-12, loss.ent_aux=0)``."""
-    loss = cfg.loss
-    on = (loss.cos > 0, loss.ent > 0 or loss.ent_aux > 0, loss.adv > 0 or loss.adv_aux > 0)
-    on += (loss.target_bn and not any(on),)  # the control matters only without a target loss
-    for name, weights in METHODS.items():
-        pattern = (weights["cos"] is None, weights["ent"] > 0, weights["adv"] > 0,
-                   weights["target_bn"])
-        if pattern == on:
-            diff = [f"loss.{k}={getattr(loss, k):g}" for k, v in weights.items()
-                    if k != "target_bn" and v is not None and getattr(loss, k) != v]
-            return f"{name} ({', '.join(diff)})" if diff else name
-    weights = ("cos", "ent", "ent_aux", "adv", "adv_aux")  # e.g. all three losses at once
-    return "custom (" + ", ".join(f"loss.{k}={getattr(loss, k):g}" for k in weights) + ")"
 
 
 def _comparable(flat: dict) -> dict:

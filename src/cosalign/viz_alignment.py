@@ -26,8 +26,7 @@ from cosalign.data.labels import (
     class_subset,
 )
 from cosalign.data.transforms import denormalize
-from cosalign.engine.checkpoint import load_checkpoint
-from cosalign.engine.inference import load_model
+from cosalign.engine.checkpoint import load_checkpoint, load_trained
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.losses.cosine import flatten_normalized
 from cosalign.losses.dictionary import labels_to_grid
@@ -86,7 +85,8 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
     device = device or torch.device("cpu")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = [(Path(c), *load_model(c, device)) for c in checkpoints]
+    loaded = [(path, model, cfg) for model, cfg, path in
+              (load_trained(c, device) for c in checkpoints)]  # a run folder: its newest
     cfg = loaded[-1][2]
     source = build_dataset(cfg.data.source, cfg.data, train=False)
     target = build_dataset(cfg.data.val, cfg.data, train=False)  # labels colour points only
@@ -114,9 +114,9 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
     plt.close(fig)
 
     path, model, cfg = loaded[-1]
-    d = ClassFeatureDictionary(NUM_CLASSES, cfg.loss.capacity, model.feature_dim).to(device)
+    d = ClassFeatureDictionary(NUM_CLASSES, cfg.dictionary.capacity, model.feature_dim).to(device)
     d.load_state_dict(load_checkpoint(path, map_location=device)["dictionary"])
-    tau = cfg.loss.tau
+    tau = cfg.align.tau
     fig, axes = plt.subplots(examples, 4, squeeze=False, figsize=(12, 2.0 * examples + 0.5))
     for r, i in enumerate(np.linspace(0, len(target) - 1, examples).astype(int)):
         s = target[int(i)]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cosalign.config import DATASETS  # noqa: E402  (declared next to the config field)
 from cosalign.data.cityscapes import cityscapes_pairs, read_cityscapes_label
 from cosalign.data.dataset import DatasetError, InfiniteSampler, SegmentationDataset
 from cosalign.data.gta5 import gta5_pairs, read_gta5_label
 from cosalign.data.synthia import read_synthia_label, synthia_pairs
 from cosalign.data.transforms import JointTransform
 
-DATASETS = ("gta5", "synthia", "cityscapes")
 READERS = {"gta5": read_gta5_label, "synthia": read_synthia_label,
            "cityscapes": read_cityscapes_label}
 

@@ -1,4 +1,6 @@
-"""Checkpoints: written atomically, the last K kept, everything needed to resume exactly.
+"""Checkpoints: written atomically, the last K kept, everything needed to resume exactly; the
+one place that makes and parses their file names (``ckpt_<iteration>.pt``) and loads a trained
+model from a run or a checkpoint (:func:`load_trained`).
 
 A checkpoint is a dict of tensors and plain Python values, so it loads with
 ``torch.load(..., weights_only=True)``. It is first written to a temporary file in the same
@@ -17,7 +19,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosalign.config import from_dict
+from cosalign.data.labels import NUM_CLASSES
+from cosalign.models import build_model
+
 PATTERN = re.compile(r"^ckpt_(\d{7})\.pt$")
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"ckpt_{iteration:07d}.pt"
+
+
+def checkpoint_iteration(path: str | Path) -> int | None:
+    """The iteration in a checkpoint file name (None if it is not one)."""
+    m = PATTERN.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 class CheckpointError(Exception):
@@ -50,7 +66,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def save_checkpoint(state: dict, run_dir: Path, iteration: int, keep: int = 3) -> Path:
     """Write ``ckpt_<iteration>.pt`` atomically and delete all but the newest ``keep``."""
-    path = Path(run_dir) / f"ckpt_{iteration:07d}.pt"
+    path = Path(run_dir) / checkpoint_name(iteration)
     save_atomic(state, path)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
@@ -72,6 +88,41 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
             f"{path}: not a cosalign checkpoint (expected keys 'model' and 'config', found {keys})"
         )
     return state
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's newest checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"{path}: a folder without checkpoints (ckpt_*.pt)")
+        return found[-1]
+    return path
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu"):
+    """``(model, config, checkpoint path)``: the network of a cosalign checkpoint (or of a run
+    folder's newest), on ``device``, in eval mode, and the config it was trained with. Used by
+    eval, predict, viz, the demo and the benchmarks."""
+    path = resolve_checkpoint(path)
+    state = load_checkpoint(path, map_location=device)
+    cfg = from_dict(state["config"])
+    model = build_model(cfg.model, NUM_CLASSES)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, path
+
+
+def term_states(state: dict) -> dict[str, dict]:
+    """The checkpoint state of each term of the method (``{term name: state}``); checkpoints
+    written before the method table held AdvEnt's as top-level keys, read here as the
+    adversarial term's."""
+    if "terms" in state:
+        return state["terms"]
+    if state.get("discriminators") is not None:
+        return {"adversarial": {"discriminators": state["discriminators"],
+                                "optimizer": state["optimizer_d"]}}
+    return {}
 
 
 def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict:

@@ -1,4 +1,6 @@
-"""Evaluation: a bincount confusion matrix, per-class IoU and mIoU over a class subset.
+"""Evaluation, in one room: a bincount confusion matrix, per-class IoU and mIoU over a class
+subset; a dataset's mIoU with the premise meter during training (:func:`evaluate`); and a
+checkpoint's evaluation as ``cosalign eval`` runs it (:func:`evaluate_checkpoint`).
 
 Protocol (docs/METHOD.md section 5): the network sees the image at the configured input size;
 its logits are upsampled bilinearly (``align_corners`` True by default, as in the ADVENT line)
@@ -9,12 +11,24 @@ official Cityscapes evaluator does.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from cosalign.data.labels import CLASS_NAMES, class_subset
+from cosalign.data import build_dataset
+from cosalign.data.labels import CLASS_NAMES, NUM_CLASSES, class_subset
+from cosalign.engine import distributed
+from cosalign.engine.checkpoint import load_trained
+from cosalign.engine.diagnostics import PremiseMeter
+from cosalign.engine.inference import save_prediction
+from cosalign.engine.tta import TTA
+from cosalign.engine.upsample import upsample_logits
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -72,32 +86,6 @@ def summarize(cm: np.ndarray, subsets: list[str]) -> dict:
     }
 
 
-def interpolation_matrix(n_out: int, n_in: int, align_corners: bool, device=None) -> Tensor:
-    """(n_out, n_in) matrix of 1-D linear interpolation weights, as F.interpolate computes them."""
-    i = torch.arange(n_out, dtype=torch.float64, device=device)
-    if align_corners:
-        x = i * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
-    else:
-        x = ((i + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    lo = x.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = x - lo
-    a = torch.zeros(n_out, n_in, dtype=torch.float64, device=device)
-    a[i.long(), lo] += 1 - frac
-    a[i.long(), hi] += frac
-    return a.float()
-
-
-def upsample_logits(logits: Tensor, size: tuple[int, int], align_corners: bool = True) -> Tensor:
-    """Bilinear resize of (B, K, h, w) logits to ``size`` in float32, as
-    ``F.interpolate(mode="bilinear")`` but as two matrix products, A_h L A_w^T, whose forward
-    and backward are several times faster on CPUs than the interpolation kernels."""
-    h, w = logits.shape[-2:]
-    a_h = interpolation_matrix(size[0], h, align_corners, logits.device)
-    a_w = interpolation_matrix(size[1], w, align_corners, logits.device)
-    return a_h @ logits.float() @ a_w.T
-
-
 @torch.no_grad()
 def confusion_over(model: torch.nn.Module, loader, num_classes: int, device: torch.device,
                    align_corners: bool = True, progress: bool = True,
@@ -139,3 +127,68 @@ def format_table(results: dict[str, dict], subset: str) -> str:
     cells = [f"**{results[n]['miou'][subset]:.1f}**" for n in names]
     lines.append(f"| mIoU ({subset}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
+             subsets: list[str], progress: bool = True, batch_size: int = 1) -> dict:
+    """mIoU on ``val_set`` (sharded over ranks, confusion matrices summed) and, when a
+    dictionary is given, the premise diagnostics of engine/diagnostics.py."""
+    shard = Subset(val_set, range(distributed.rank(), len(val_set), distributed.world_size()))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=0)
+    meter = PremiseMeter(NUM_CLASSES)
+    on_batch = None
+    if dictionary is not None and len(dictionary) > 0:
+        ref, ref_cls = dictionary.reference()
+
+        def on_batch(batch, pred, out):
+            meter.update(out.features, batch["label"].to(device), ref, ref_cls, tau)
+
+    cm = confusion_over(model, loader, NUM_CLASSES, device, progress=progress,
+                        on_batch=on_batch)
+    cm = distributed.all_reduce_sum(torch.as_tensor(cm, device=device)).cpu().numpy()
+    results = summarize(cm, subsets)
+    results["premise"] = meter.result()  # per rank (rank 0's shard under torchrun)
+    results["confusion"] = cm.tolist()
+    return results
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
+                        split: str = "val", size: tuple[int, int] | None = None,
+                        tta: TTA = TTA(), save_predictions: Path | None = None,
+                        out: Path | None = None, device: torch.device | None = None,
+                        progress: bool = True) -> dict:
+    """Evaluate a checkpoint (or a run folder's newest) on the val split of its config (or of
+    ``data_root``); writes ``<out>.json`` and ``<out>.md`` (default: next to the checkpoint)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, checkpoint = load_trained(checkpoint, device)
+    val_cfg = cfg.data.val
+    if data_root is not None:
+        val_cfg = replace(val_cfg, root=str(data_root), list_file=None)
+    val_cfg = replace(val_cfg, split=split, size=tuple(size) if size else val_cfg.size)
+    dataset = build_dataset(val_cfg, replace(cfg.data, cache=False), train=False)
+    loader = DataLoader(dataset, batch_size=1, num_workers=min(2, cfg.data.workers))
+
+    on_batch = None
+    if save_predictions is not None:
+        def on_batch(batch, pred, _out):
+            for name, p in zip(batch["name"], pred.cpu().numpy().astype(np.uint8)):
+                save_prediction(Path(save_predictions), Path(name).stem, p)
+
+    cm = confusion_over(model, loader, NUM_CLASSES, device, align_corners=tta.align_corners,
+                        progress=progress, predict=tta if tta.enabled else None,
+                        on_batch=on_batch)
+    subsets = [cfg.data.classes, *cfg.data.extra_classes]
+    results = summarize(cm, subsets)
+    results.update({"checkpoint": str(checkpoint), "dataset": val_cfg.root, "split": split,
+                    "images": len(dataset), "input_size": val_cfg.size,
+                    "align_corners": tta.align_corners, "protocol": tta.describe(),
+                    "confusion": cm.tolist()})
+    out = Path(out) if out else Path(checkpoint).with_name(f"eval_{split}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    tables = "\n\n".join(format_table({Path(checkpoint).parent.name: results}, s) for s in subsets)
+    out.with_suffix(".md").write_text(
+        f"# {checkpoint} on {val_cfg.root} ({split}, {len(dataset)} images)\n\n"
+        f"Input {val_cfg.size}, logits upsampled bilinearly (align_corners={tta.align_corners}) "
+        f"to label resolution; {tta.describe()}. Headline: {subsets[0]}.\n\n{tables}\n")
+    return results

@@ -1,0 +1,62 @@
+"""Runtime helpers of every training loop (cosalign train, cosalign pretrain): the learning-rate
+schedule, seeding, deterministic kernels, autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from cosalign.config import ConfigError
+
+
+def poly_lr(base: float, it: int, total: int, power: float) -> float:
+    """base * (1 - it / total) ** power, 0 after ``total``."""
+    return base * max(0.0, 1.0 - it / total) ** power
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_mode(on: bool, device: torch.device):
+    """Deterministic kernels for the duration of a run (``train.deterministic``), then the
+    process's previous settings again (the switch is global to the process).
+
+    Ops without a deterministic kernel (on CUDA e.g. the 2-D NLL loss behind cross-entropy)
+    warn instead of failing, so a run on CUDA is reproducible up to those ops. On CUDA it sets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set; cuBLAS reads it once, so export it before
+    starting Python for products that are deterministic too.
+    """
+    if not on:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.deterministic, cudnn.benchmark = before[2], before[3]
+
+
+def autocast_for(amp: str, device: torch.device):
+    """A factory of autocast contexts for ``train.amp`` (none | bf16 | fp16)."""
+    if amp == "none":
+        return contextlib.nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs CUDA; use bf16 on the CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)

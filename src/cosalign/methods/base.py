@@ -1,0 +1,89 @@
+"""What a method is made of: target-side terms, and the step they see.
+
+A :class:`Term` is one part with one job (an adaptation loss, or the BatchNorm control's
+target pass). The training step (engine/train.py ``train_step``) runs the source pass, then
+every active term of the run in the fixed order of ``methods.table.TERMS``, sums their
+weighted losses into one backward pass, steps the optimizer, calls each term's
+:meth:`Term.after_step` (e.g. the discriminators' own update), and updates the dictionary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from cosalign.config import Config, LossConfig
+from cosalign.engine.upsample import upsample_logits
+
+
+@dataclass
+class Step:
+    """What the terms of one iteration see. Shapes: ``x_t`` (B, 3, H, W); ``y_s`` (B, H, W);
+    ``f_s`` (B, C, h, w) detached source features; ``pred_s``/``pred_s_aux`` (B, K, H, W)
+    source logits at label resolution; ``out_t`` the target forward (features, logits, aux at
+    output stride), set by the step before the terms run."""
+
+    it: int
+    x_t: Tensor
+    y_s: Tensor
+    f_s: Tensor
+    pred_s: Tensor
+    pred_s_aux: Tensor
+    dictionary: Any  # losses.ClassFeatureDictionary
+    diagnose: bool = False  # a logging step: terms may add diagnostics to ``stats``
+    out_t: Any = None
+    stats: dict = field(default_factory=dict)
+    _pred_t: dict = field(default_factory=dict)
+
+    def pred_t(self, head: str = "logits") -> Tensor:
+        """(B, K, H, W) target logits of ``head`` ("logits" or "aux") at input resolution, fp32,
+        computed once per step."""
+        if head not in self._pred_t:
+            self._pred_t[head] = upsample_logits(getattr(self.out_t, head), self.x_t.shape[-2:])
+        return self._pred_t[head]
+
+
+class Term:
+    """One target-side part of a method.
+
+    ``weights`` names its weights in ``cfg.loss``; each is also the name its loss is logged
+    under. A term is part of a run when one of them is > 0 (:meth:`enabled`). Subclasses
+    implement :meth:`losses` and, when they need them, the hooks below.
+    """
+
+    name: ClassVar[str]
+    weights: ClassVar[tuple[str, ...]]
+    grad: ClassVar[bool] = True  # False: the target pass runs without autograd for this term
+
+    def __init__(self, cfg: Config, num_classes: int, device: torch.device) -> None:
+        self.weight = {k: float(getattr(cfg.loss, k)) for k in self.weights}
+
+    @classmethod
+    def enabled(cls, loss: LossConfig) -> bool:
+        return any(getattr(loss, k) > 0 for k in cls.weights)
+
+    def active(self, it: int) -> bool:
+        """Whether the term runs at iteration ``it`` (e.g. not before a start iteration)."""
+        return True
+
+    def before_step(self, it: int) -> None:
+        """Called before the source pass."""
+
+    def losses(self, step: Step) -> dict[str, Tensor]:
+        """Unweighted 0-dim losses by name (a subset of ``weights``)."""
+        raise NotImplementedError
+
+    def after_step(self, step: Step) -> dict[str, Tensor]:
+        """Called after the network's optimizer step; returns extra values to log."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold to resume this term exactly (empty: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
