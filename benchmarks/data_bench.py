@@ -37,9 +37,10 @@ from cosalign.data.labels import (
     TRAINID_TO_CITYSCAPES_ID,
     map_ids,
 )
-from cosalign.data.minicity_render import GAME, render
-from cosalign.data.minicity_scene import sample_scene
 from cosalign.engine.evaluate import confusion_matrix, per_class_iou
+from cosalign.minicity.render import render
+from cosalign.minicity.scene import sample_scene
+from cosalign.minicity.styles import GAME
 
 
 def best_of(fn, repeat: int = 5) -> float:

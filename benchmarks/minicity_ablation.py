@@ -1,588 +1,369 @@
-"""The MiniCity ablation that sets the method's defaults (docs/results/minicity.md).
+"""The MiniCity ablation as data (docs/results/minicity.md): a table of experiments, one small
+runner that caches each run by name, and every table printed by ``cosalign report``.
 
-    .venv/bin/python benchmarks/minicity_ablation.py sweep     # stage 1, seed 0, ~65 min
-    .venv/bin/python benchmarks/minicity_ablation.py gap       # the gap and the premise, ~20 min
-    .venv/bin/python benchmarks/minicity_ablation.py collapse  # diagnostics over time, ~5 min
-    .venv/bin/python benchmarks/minicity_ablation.py methods   # stage 2, seeds 1-3, ~40 min
-    .venv/bin/python benchmarks/minicity_ablation.py frozen    # BatchNorm frozen at 500, ~10 min
-    ... methods --more-seeds 2; ... frozen --more-seeds 2   # seeds 4 and 5 (key methods), ~16 min
-    .venv/bin/python benchmarks/minicity_ablation.py regimes   # the regimes: steps 1-9 ~2.5 h
-    ... regimes --steps 4   # the first 4 steps: (c), its oracle, (c, BN frozen), AdvEnt in (c)
-    .venv/bin/python benchmarks/minicity_ablation.py report    # print the tables again
+    .venv/bin/python benchmarks/minicity_ablation.py list              # the plan, what is done
+    .venv/bin/python benchmarks/minicity_ablation.py run regimes       # one group, in plan order
+    .venv/bin/python benchmarks/minicity_ablation.py run regimes --steps 4   # its first 4 steps
+    .venv/bin/python benchmarks/minicity_ablation.py report            # every table again
 
-Protocol. Every run trains ``train.iters`` iterations of the MiniCity preset. Adaptation starts
-from a source-only warm-up at ``align.start_iter`` (or from scratch, start_iter 0); the warm-up
-checkpoints of a seed are trained once and every variant branches off them, so a variant and
-source-only share everything up to the branch point.
+Groups, in the order they were run: ``sweep`` (stage 1: every switch of the method on seed 0,
+scored on a *selection split*, the last 100 images of the target train split with labels that
+training never reads), ``gap`` (the source-only -> oracle gap and the premise, seeds 1-3),
+``collapse``, ``methods`` (regime (a), seeds 1-5), ``frozen`` (regime (b), seeds 1-15),
+``regimes`` ((c), (c) with BatchNorm frozen, weights chosen on the selection split, the fog and
+dusk targets, AdvEnt and ours + MinEnt everywhere).
 
-Selection is kept apart from the reported numbers:
-- stage 1 (``sweep``) scores every variant on a *selection split*: the last 100 images of the
-  target train split with their labels (labels that training never reads), seed 0;
-- stage 2 (``methods``) trains source-only, MinEnt, ours and ours + MinEnt with the chosen
-  defaults on seeds 1, 2, 3 (not used for selection) and scores them on target val.
-- ``regimes`` (docs/results/minicity.md, "The regimes") runs every method in four regimes,
-  (a) from scratch with BatchNorm training, (b) the same with BatchNorm frozen from the branch
-  point, (c) from the pretrained backbone of ``cosalign pretrain`` with BatchNorm as in the paper
-  preset, and (c) with BatchNorm frozen, on seeds 1-5, plus weights chosen on the selection
-  split and the fog and dusk targets in (c).
-Results are cached per run under runs/ablation, so an interrupted ablation continues.
+Protocol. Every run trains the MiniCity preset for ``train.iters``. An experiment either
+branches off a source-only *warm-up* of its seed at ``branch`` (the warm-up is trained once per
+seed and base, with checkpoints at 250, 500 and 750), so it shares everything with source-only
+up to there, or trains from scratch (``branch=None``). A run folder is
+``runs/ablation/seed<N>/<experiment name>``; a finished one holds ``done.json`` and is never
+trained again, so an interrupted ablation continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import shutil
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cosalign.data import build_dataset
-from cosalign.data.minicity import make_minicity
-from cosalign.demo import minicity_config
-from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
-from cosalign.engine.train import evaluate, train
+from cosalign.engine.checkpoint import (
+    checkpoint_iteration,
+    checkpoint_name,
+    list_checkpoints,
+    load_trained,
+)
+from cosalign.engine.train import train
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.losses.cosine import flatten_normalized
-from cosalign.models import build_model
+from cosalign.minicity import STYLES, MiniCitySpec, make_minicity, minicity_config
+from cosalign.report import report
 
-DATA = Path("data/minicity")
 OUT = Path("runs/ablation")
-WARMUPS = (250, 500, 750)
+DATA = {"photo": Path("data/minicity"), "fog": Path("data/minicity_fog"),
+        "dusk": Path("data/minicity_dusk")}
+WARMUP_ITERS = (250, 500, 750)
+PRETRAINED = ("model.weights=minicity_pretrained", "model.bn=affine_frozen")
+FROZEN = ("model.bn=frozen",)
+SELECTION = "<selection split>"  # stands for the overrides of :func:`selection_overrides`
+# the overrides of a warm-up and of every run branched off it (or trained from scratch on it)
+BASES: dict[str, tuple[str, ...]] = {
+    "warmup": (), "warmup-pretrained": PRETRAINED,
+    "select-warmup": (SELECTION,), "select-warmup-pretrained": (*PRETRAINED, SELECTION),
+}
+SEEDS = (1, 2, 3, 4, 5)  # fixed before the regimes were run
 
 
-def base_overrides() -> list[str]:
-    return []  # the preset's loss section is the baseline "ours" of the sweep
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One row of the table: ``method`` with ``overrides`` (from the branch point on), on the
+    ``base`` warm-up's settings, branched at ``branch`` (None: from scratch), with MiniCity's
+    ``target`` style, on ``seeds``."""
+
+    method: str
+    overrides: tuple[str, ...] = ()
+    base: str = "warmup"
+    branch: int | None = 500
+    target: str = "photo"
+    seeds: tuple[int, ...] = SEEDS
+
+
+ORACLE = ("data.source.dataset=cityscapes", f"data.source.root={DATA['photo'] / 'cityscapes'}",
+          "data.source.list_file=null", "data.source.size=[192, 96]")
+# the methods of every regime: display name -> (method, overrides)
+METHODS = {
+    "source-only": ("source_only", ()),
+    "target BN only (no loss)": ("target_bn", ()),
+    "MinEnt (1e-3, ADVENT)": ("minent", ()),
+    "AdvEnt (1e-3, ADVENT)": ("advent", ()),
+    "ours": ("ours", ()),
+    "ours + MinEnt": ("ours_minent", ()),
+}
+# regime -> (run-name prefix, base, overrides from the branch point on)
+REGIMES = {"a": ("final", "warmup", ()), "b": ("frozen-bn", "warmup", FROZEN),
+           "c": ("pretrained", "warmup-pretrained", ()),
+           "c-frozen": ("pretrained frozen-bn", "warmup-pretrained", FROZEN)}
+
+
+def regime(name: str, methods: tuple[str, ...], seeds=SEEDS, target: str = "photo",
+           label: str = "") -> dict[str, Experiment]:
+    """The ``methods`` in regime ``name``, paired with its source-only."""
+    prefix, base, branch = REGIMES[name]
+    out = {}
+    for m in methods:
+        method, overrides = METHODS[m]
+        display = "BatchNorm control" if (name == "a" and method == "target_bn") else m
+        out[f"{label}{prefix} {display}"] = Experiment(method, (*overrides, *branch), base,
+                                                       target=target, seeds=seeds)
+    return out
+
+
+KEY = ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours")
+NO_CONTROL = ("source-only", "MinEnt (1e-3, ADVENT)", "ours")  # BatchNorm frozen: the control
+# is source-only itself
+MINENT_WEIGHTS = {"MinEnt (1e-2)": ("loss.ent=0.01", "loss.ent_aux=0.002"),
+                  "MinEnt (1e-1)": ("loss.ent=0.1", "loss.ent_aux=0.02")}
+CANDIDATES = {  # weights tried on the selection split in (c), seed 0 (the first: the default)
+    "ours": (("loss.cos=0.1",), ("loss.cos=0.01",), ("loss.cos=1",)),
+    "minent": (("loss.ent=0.001", "loss.ent_aux=0.0002"), ("loss.ent=0.01", "loss.ent_aux=0.002"),
+               ("loss.ent=0.1", "loss.ent_aux=0.02")),
+}
+# what the selection chose (docs/results/minicity.md): ours kept 0.1; MinEnt 0.1, run on
+# seeds 1-5 where it differs from the default
+SELECTED = {"selected pretrained MinEnt loss.ent=0.1 loss.ent_aux=0.02":
+            Experiment("minent", CANDIDATES["minent"][2], "warmup-pretrained")}
+
+
+def sweep(quantiles: dict[str, float]) -> dict[str, Experiment]:
+    """Stage 1: one switch at a time around the preset, seed 0, the selection split; the
+    thresholds tau at measured quantiles of S at the warm-up."""
+    def ours(*overrides: str, branch: int | None = 500) -> Experiment:
+        return Experiment("ours", overrides, "select-warmup", branch, seeds=(0,))
+
+    v = {"source-only": Experiment("source_only", (), "select-warmup", seeds=(0,)),
+         "MinEnt (1e-3, ADVENT)": Experiment("minent", (), "select-warmup", seeds=(0,)),
+         **{n: Experiment("minent", w, "select-warmup", seeds=(0,))
+            for n, w in MINENT_WEIGHTS.items()},
+         "baseline": ours()}
+    for lam in (0.001, 0.01, 0.1, 1.0):
+        v[f"lambda={lam:g}"] = ours(f"loss.cos={lam}")
+    for q, tau in quantiles.items():
+        v[f"tau={tau:.2f} ({q} of S)"] = ours(f"align.tau={tau:.3f}")
+    switches = (("align.match", ("max", "all")), ("align.class_restrict", ("none", "pseudo")),
+                ("align.reference", ("batch",)), ("dictionary.capacity", (50, 200, 1000)),
+                ("dictionary.per_image", (1, 16)), ("dictionary.enqueue", ("mean",)),
+                ("model.feature_layer", ("layer4_pre", "layer3")))
+    for key, values in switches:
+        short = {"dictionary.capacity": "Q", "model.feature_layer": "features"}.get(
+            key, key.split(".")[1])
+        for value in values:
+            v[f"{short}={value}"] = ours(f"{key}={value}")
+    for s in (0, *WARMUP_ITERS):
+        v[f"start_iter={s}"] = ours(f"align.start_iter={s}", branch=s or None)
+    return v
+
+
+GAP = {  # the gap and the premise: from scratch, seeds 1-3
+    "gap: source-only": Experiment("source_only", (), branch=None, seeds=(1, 2, 3)),
+    "gap: source-only, no photometric jitter": Experiment(
+        "source_only", ("data.source.photometric=0",), branch=None, seeds=(1, 2, 3)),
+    "gap: target-trained oracle, rerun": Experiment("source_only", ORACLE, branch=None,
+                                                    seeds=(1, 2, 3)),
+    "pretrained gap: target-trained oracle": Experiment("source_only", ORACLE,
+                                                        "warmup-pretrained", None, seeds=(1, 2, 3)),
+}
+COLLAPSE = {"collapse": Experiment("ours", ("align.class_restrict=none", "loss.cos=1",
+                                            "train.eval_every=50", "train.log_every=10"),
+                                   seeds=(0,))}
+
+# the groups of the plan: each an ordered list of steps (most informative first)
+PLAN: dict[str, list[tuple[str, dict[str, Experiment]]]] = {
+    "gap": [("the gap and the premise, from scratch and from the pretrained backbone", GAP)],
+    "collapse": [("a collapsing run, evaluated every 50 iterations", COLLAPSE)],
+    "methods": [
+        ("(a): the key methods, seeds 1-5", regime("a", KEY)),
+        ("(a): ours + MinEnt and MinEnt at other weights, seeds 1-3", {
+            **regime("a", ("ours + MinEnt",), seeds=(1, 2, 3)),
+            **{f"final {n}": Experiment("minent", w, seeds=(1, 2, 3))
+               for n, w in MINENT_WEIGHTS.items()}}),
+    ],
+    # seeds 1-5 planned, 6-10 added after seeing 1-5, 11-15 a confirmation fixed beforehand
+    "frozen": [("(b): BatchNorm frozen from the branch point, seeds 1-15",
+                regime("b", NO_CONTROL, seeds=tuple(range(1, 16))))],
+    "regimes": [
+        ("(c): source-only, the control, MinEnt, ours", regime("c", KEY)),
+        ("(c): the target-trained oracle",
+         {k: v for k, v in GAP.items() if k.startswith("pretrained")}),
+        ("(c, BN frozen): source-only, MinEnt, ours", regime("c-frozen", NO_CONTROL)),
+        ("AdvEnt in (c)", regime("c", ("AdvEnt (1e-3, ADVENT)",))),
+        ("(a): the target-trained oracle, re-run",
+         {k: v for k, v in GAP.items() if k.endswith("rerun")}),
+        ("(c): weights on the selection split (seed 0), then the chosen ones on seeds 1-5", {
+            "select-c source-only": Experiment("source_only", (), "select-warmup-pretrained",
+                                               seeds=(0,)),
+            **{f"select-c {'MinEnt (1e-3, ADVENT)' if m == 'minent' else m} {' '.join(w)}":
+               Experiment(m, w, "select-warmup-pretrained", seeds=(0,))
+               for m, ws in CANDIDATES.items() for w in ws},
+            **SELECTED}),
+        ("AdvEnt in (c, BN frozen)", regime("c-frozen", ("AdvEnt (1e-3, ADVENT)",))),
+        ("(c) with the fog target", regime("c", KEY, target="fog", label="fog ")),
+        ("(c) with the dusk target", regime("c", KEY, target="dusk", label="dusk ")),
+        ("AdvEnt in (a) and (b)", {**regime("a", ("AdvEnt (1e-3, ADVENT)",)),
+                                   **regime("b", ("AdvEnt (1e-3, ADVENT)",))}),
+        ("ours + MinEnt in (b), (c), (c, BN frozen)",
+         {k: v for r in ("b", "c", "c-frozen") for k, v in regime(r, ("ours + MinEnt",)).items()}),
+    ],
+}
+
+# every table: name -> (which run folders: keep(seed, run name); --by keys; baseline group)
+TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str]] = {
+    "sweep": (lambda seed, name: seed == 0 and name in sweep_names(), ("run",),
+              "source_only [run=source-only]"),
+    "gap": (lambda seed, name: "gap:" in name and seed > 0, ("run",), ""),
+    "collapse": (lambda seed, name: name == "collapse", (), ""),
+    "a": (lambda seed, name: name.startswith("final ") and seed > 0, (), "source_only"),
+    "b": (lambda seed, name: name.startswith("frozen-bn ") and seed > 0, (), "source_only"),
+    "c": (lambda seed, name: seed > 0 and (name.startswith("selected pretrained ") or (
+        name.startswith("pretrained ") and "frozen" not in name and "gap:" not in name)),
+          (), "source_only"),
+    "c-frozen": (lambda seed, name: name.startswith("pretrained frozen-bn "), (), "source_only"),
+    "fog": (lambda seed, name: name.startswith("fog "), (), "source_only"),
+    "dusk": (lambda seed, name: name.startswith("dusk "), (), "source_only"),
+}
+
+
+def sweep_names() -> set[str]:
+    q = OUT / "quantiles.json"
+    return set(sweep(json.loads(q.read_text()))) if q.is_file() else set()
 
 
 def selection_overrides() -> list[str]:
+    """Score on the selection split: the last 100 images of the target train split, labelled."""
     split = OUT / "select.txt"
-    images = sorted((DATA / "cityscapes" / "leftImg8bit" / "train").glob("*/*.png"))
+    images = sorted((DATA["photo"] / "cityscapes" / "leftImg8bit" / "train").glob("*/*.png"))
     split.parent.mkdir(parents=True, exist_ok=True)
     split.write_text("\n".join(f"{p.parent.name}/{p.name}" for p in images[-100:]) + "\n")
     return ["data.val.split=train", f"data.val.list_file={split}"]
 
 
-def warmup(seed: int, extra: list[str], name: str = "warmup") -> Path:
-    """Source-only checkpoints at every warm-up iteration for this seed (and these overrides:
-    one ``name`` per set of ``extra``)."""
-    run = OUT / f"seed{seed}" / name
-    have = {int(p.stem.split("_")[1]) for p in list_checkpoints(run)}
-    if not set(WARMUPS) <= have:
-        cfg = minicity_config(DATA, [f"train.seed={seed}", *extra], "source_only")
-        cfg.train.checkpoint_every, cfg.train.keep_checkpoints = WARMUPS[0], 100
-        train(cfg, run, progress=False, stop_at=max(WARMUPS))
+def base_overrides(base: str) -> list[str]:
+    return [o for b in BASES[base] for o in (selection_overrides() if b == SELECTION else [b])]
+
+
+def data_root(target: str) -> Path:
+    """MiniCity with ``target``'s style (the same source and scenes), made when missing."""
+    make_minicity(DATA[target], dataclasses.replace(MiniCitySpec(), target_style=STYLES[target]),
+                  progress=False)
+    return DATA[target]
+
+
+def warmup(base: str, seed: int) -> Path:
+    """Source-only checkpoints at every warm-up iteration of ``seed`` on ``base``."""
+    run = OUT / f"seed{seed}" / base
+    if not set(WARMUP_ITERS) <= {checkpoint_iteration(p) for p in list_checkpoints(run)}:
+        cfg = minicity_config(data_root("photo"), [f"train.seed={seed}", *base_overrides(base)],
+                              "source_only")
+        cfg.train.checkpoint_every, cfg.train.keep_checkpoints = WARMUP_ITERS[0], 100
+        train(cfg, run, progress=False, stop_at=max(WARMUP_ITERS))
     return run
 
 
-def run_variant(seed: int, name: str, overrides: list[str], extra: list[str],
-                method: str = "ours", from_scratch: bool = False,
-                source_val: bool = False, warmup_name: str = "warmup") -> dict:
-    """Train one variant and cache its results. It branches off the seed's warm-up
-    (``warmup_name``, trained with ``extra``) at ``align.start_iter`` (ours) or at 500 (the other
-    methods) unless ``from_scratch``."""
-    run = OUT / f"seed{seed}" / name
-    done = run / "done.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    cfg = minicity_config(DATA, [f"train.seed={seed}", *extra, *overrides], method)
-    shutil.rmtree(run, ignore_errors=True)
-    start = 0 if from_scratch else cfg.align.start_iter if method.startswith("ours") else 500
-    if start > 0:
-        ckpt = warmup(seed, extra, warmup_name) / f"ckpt_{start:07d}.pt"
-        run.mkdir(parents=True)
-        shutil.copy(ckpt, run)
+def run(name: str, exp: Experiment, seed: int) -> Path:
+    """Train one experiment on one seed, unless its folder says it is done."""
+    folder = OUT / f"seed{seed}" / name
+    if (folder / "done.json").is_file():
+        return folder
+    target = [] if exp.target == "photo" else [
+        f"data.target.root={data_root(exp.target) / 'cityscapes'}",
+        f"data.val.root={data_root(exp.target) / 'cityscapes'}"]
+    cfg = minicity_config(data_root("photo"), [f"train.seed={seed}", *base_overrides(exp.base),
+                                               *exp.overrides, *target], exp.method)
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted run of ours: start it again
+    if exp.branch:
+        folder.mkdir(parents=True)
+        shutil.copy(warmup(exp.base, seed) / checkpoint_name(exp.branch), folder)
     t0 = time.perf_counter()
-    results = train(cfg, run, progress=False)
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if r["kind"] == "train"][-1]
-    out = {
-        "name": name, "seed": seed, "overrides": overrides, "method": method,
-        "miou": results["miou"][cfg.data.classes], "iou": results["iou"],
-        "premise": results["premise"], "seconds": time.perf_counter() - t0,
-        "train_end": {k: last[k] for k in ("cos", "selected", "pair_cos", "eff_rank", "s_q50",
-                                           "s_q90", "s_q99") if k in last},
-    }
-    if source_val:
-        out["source_val_miou"] = source_val_miou(run, cfg)
-    for p in list_checkpoints(run):  # keep the results, not the weights
+    results = train(cfg, folder, progress=False)
+    for p in list_checkpoints(folder):  # keep the logs, not the weights
         p.unlink()
-    done.write_text(json.dumps(out, indent=1))
-    print(f"seed {seed} {name}: mIoU {out['miou']:.2f} ({out['seconds']:.0f} s)", flush=True)
-    return out
-
-
-def source_val_miou(run: Path, cfg) -> float:
-    """mIoU of a run's last checkpoint on the source val split (gta5/val.txt)."""
-    model = build_model(cfg.model, 19)
-    model.load_state_dict(load_checkpoint(list_checkpoints(run)[-1])["model"])
-    src_val = copy.deepcopy(cfg.data.source)
-    src_val.list_file = str(DATA / "gta5" / "val.txt")
-    ds = build_dataset(src_val, cfg.data, train=False)
-    r = evaluate(model, ds, torch.device("cpu"), subsets=[cfg.data.classes], progress=False)
-    return r["miou"][cfg.data.classes]
+    seconds = time.perf_counter() - t0
+    (folder / "done.json").write_text(json.dumps({"seconds": seconds}))
+    print(f"seed {seed} {name}: mIoU {results['miou'][cfg.data.classes]:.2f} ({seconds:.0f} s)",
+          flush=True)
+    return folder
 
 
 @torch.no_grad()
-def similarity_quantiles(warmup_run: Path, seed: int, extra: list[str],
-                         start: int = 500) -> dict[str, float]:
-    """Quantiles of S between target-train features and the dictionary at the warm-up
-    checkpoint: where thresholds tau are placed."""
-    state = load_checkpoint(warmup_run / f"ckpt_{start:07d}.pt")
-    cfg = minicity_config(DATA, [f"train.seed={seed}", *extra])
-    model = build_model(cfg.model, 19)
-    model.load_state_dict(state["model"])
-    model.eval()
+def similarity_quantiles(seed: int = 0, base: str = "select-warmup") -> dict[str, float]:
+    """Quantiles of S between target-train features and the dictionary at the warm-up's
+    checkpoint at 500: where the sweep places its thresholds tau."""
+    ckpt = warmup(base, seed) / checkpoint_name(500)
+    model, cfg, _ = load_trained(ckpt)
     d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
                                cfg.dictionary.per_image)
-    d.load_state_dict(state["dictionary"])
+    d.load_state_dict(torch.load(ckpt, weights_only=True)["dictionary"])
     ref, _ = d.reference()
     ds = build_dataset(cfg.data.target, cfg.data, train=False, labels=False)
-    sims = []
-    for i in range(0, len(ds), 25):
-        t = flatten_normalized(model(ds[i]["image"][None]).features)
-        sims.append((t @ ref.T).flatten()[::7])
-    s = torch.cat(sims)
+    s = torch.cat([(flatten_normalized(model(ds[i]["image"][None]).features) @ ref.T)
+                   .flatten()[::7] for i in range(0, len(ds), 25)])
     qs = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
     return {f"q{int(q * 100)}": float(v) for q, v in zip(qs, torch.quantile(s, torch.tensor(qs)))}
 
 
-def sweep_variants(quantiles: dict[str, float]) -> dict[str, list[str]]:
-    """One factor at a time around the preset's loss section."""
-    v: dict[str, list[str]] = {"baseline": []}
-    for lam in (0.001, 0.01, 0.1, 1.0):
-        v[f"lambda={lam:g}"] = [f"loss.cos={lam}"]
-    for q, tau in quantiles.items():
-        v[f"tau={tau:.2f} ({q} of S)"] = [f"align.tau={tau:.3f}"]
-    v["match=max"] = ["align.match=max"]
-    v["match=all"] = ["align.match=all"]
-    v["class_restrict=none"] = ["align.class_restrict=none"]
-    v["class_restrict=pseudo"] = ["align.class_restrict=pseudo"]
-    v["reference=batch"] = ["align.reference=batch"]
-    for q in (50, 200, 1000):
-        v[f"Q={q}"] = [f"dictionary.capacity={q}"]
-    for q in (1, 16):
-        v[f"per_image={q}"] = [f"dictionary.per_image={q}"]
-    v["enqueue=mean"] = ["dictionary.enqueue=mean"]
-    v["features=layer4_pre"] = ["model.feature_layer=layer4_pre"]
-    v["features=layer3"] = ["model.feature_layer=layer3"]
-    for s in (0, *WARMUPS):
-        v[f"start_iter={s}"] = [f"align.start_iter={s}"]
-    return v
+def steps(group: str) -> list[tuple[str, dict[str, Experiment]]]:
+    if group != "sweep":
+        return PLAN[group]
+    q = OUT / "quantiles.json"
+    if not q.is_file():
+        q.parent.mkdir(parents=True, exist_ok=True)
+        q.write_text(json.dumps(similarity_quantiles(), indent=1))
+    return [("stage 1: every switch, seed 0, the selection split",
+             sweep(json.loads(q.read_text())))]
 
 
-REFERENCE_METHODS = {  # name: (method, overrides)
-    "source-only": ("source_only", []),
-    # the target batches pass through the network in train mode (BatchNorm statistics adapt,
-    # as in every method below) but the loss weight is nil: what adaptation owes to BatchNorm
-    "target BN only (no loss)": ("minent", ["loss.ent=1e-12", "loss.ent_aux=0"]),
-    "MinEnt (1e-3, ADVENT)": ("minent", []),
-    "MinEnt (1e-2)": ("minent", ["loss.ent=0.01", "loss.ent_aux=0.002"]),
-    "MinEnt (1e-1)": ("minent", ["loss.ent=0.1", "loss.ent_aux=0.02"]),
-}
+def cmd_run(args) -> None:
+    todo = steps(args.group)[: args.steps]
+    for i, (title, experiments) in enumerate(todo, 1):
+        print(f"## {args.group} step {i}/{len(todo)}: {title}", flush=True)
+        for seed in sorted({s for e in experiments.values() for s in e.seeds}):
+            for name, exp in experiments.items():
+                if seed in exp.seeds:
+                    run(name, exp, seed)
 
 
-def cmd_sweep(args) -> None:
-    extra = selection_overrides()
-    q = similarity_quantiles(warmup(0, extra), 0, extra)
-    (OUT / "quantiles.json").write_text(json.dumps(q, indent=1))
-    print("S quantiles at the warm-up:", {k: round(v, 3) for k, v in q.items()}, flush=True)
-    for name, (method, overrides) in REFERENCE_METHODS.items():
-        run_variant(0, name, overrides, extra, method)
-    for name, overrides in sweep_variants(q).items():
-        run_variant(0, name, overrides, extra)
-    cmd_report(args)
+def cmd_list(args) -> None:
+    q = OUT / "quantiles.json"
+    plan = {**PLAN, "sweep": [("stage 1", sweep(json.loads(q.read_text())) if q.is_file()
+                               else {})]}
+    for group, group_steps in plan.items():
+        for i, (title, experiments) in enumerate(group_steps, 1):
+            cells = [(n, s) for n, e in experiments.items() for s in e.seeds]
+            done = sum((OUT / f"seed{s}" / n / "done.json").is_file() for n, s in cells)
+            print(f"{group} step {i}: {title}: {done}/{len(cells)} runs done")
 
 
-GAP_RUNS = {  # name: (method, overrides); all from scratch, 1000 iterations
-    "gap: source-only": ("source_only", []),
-    "gap: source-only, no photometric jitter": ("source_only", ["data.source.photometric=0"]),
-    "gap: target-trained oracle": ("source_only", [
-        "data.source.dataset=cityscapes", f"data.source.root={DATA / 'cityscapes'}",
-        "data.source.list_file=null", "data.source.size=[192, 96]"]),
-}
-
-
-def cmd_gap(args) -> None:
-    """How large the domain gap is and whether the method's premise holds (target val)."""
-    for seed in (1, 2, 3):
-        for name, (method, overrides) in GAP_RUNS.items():
-            run_variant(seed, name, overrides, [], method, from_scratch=True,
-                        source_val=not name.endswith("oracle"))
-    cmd_report(args)
-
-
-def cmd_collapse(args) -> None:
-    """A run that collapses (no class restriction, lambda 1), evaluated every 50 iterations
-    from the branch point on: the diagnostics move before mIoU does."""
-    run = OUT / "collapse"
-    metrics = run / "metrics.jsonl"
-    if not metrics.is_file() or '"iter": 1000, "kind": "eval"' not in metrics.read_text():
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(parents=True)
-        shutil.copy(warmup(0, []) / "ckpt_0000500.pt", run)
-        cfg = minicity_config(DATA, ["train.seed=0", "align.class_restrict=none", "loss.cos=1",
-                                     "train.eval_every=50", "train.log_every=10"], "ours")
-        train(cfg, run, progress=False)
-    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
-    train_rows = {r["iter"]: r for r in rows if r["kind"] == "train"}
-    print("\n### Collapse in the logs (seed 0, class_restrict=none, lambda_cos=1, from the "
-          "source-only warm-up at 500)\n")
-    print("| iteration | selected | S median | pair cos | eff. rank | target val mIoU |")
-    print("|---|---|---|---|---|---|")
-    cfg = minicity_config(DATA, ["train.seed=0"])
-    model = build_model(cfg.model, 19)
-    model.load_state_dict(load_checkpoint(warmup(0, []) / "ckpt_0000500.pt")["model"])
-    val = build_dataset(cfg.data.val, cfg.data, train=False)
-    start = evaluate(model, val, torch.device("cpu"), subsets=["minicity"], progress=False)
-    first = min(train_rows)
-    t = train_rows[first]
-    print(f"| 500 (warm-up) | - | - | - | - | {start['miou']['minicity']:.1f} |")
-    print(f"| {first} (first log) | {100 * t['selected']:.0f}% | {t['s_q50']:.2f} | "
-          f"{t['pair_cos']:.2f} | {t['eff_rank']:.1f} | - |")
-    for r in (r for r in rows if r["kind"] == "eval"):
-        t = train_rows.get(r["iter"], {})
-        print(f"| {r['iter']} | {100 * t.get('selected', float('nan')):.0f}% | "
-              f"{t.get('s_q50', float('nan')):.2f} | {t.get('pair_cos', float('nan')):.2f} | "
-              f"{t.get('eff_rank', float('nan')):.1f} | {r['miou']['minicity']:.1f} |")
-
-
-MORE_SEEDS = tuple(range(4, 16))  # seeds 4-15
-KEY_METHODS = ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours")
-
-
-def cmd_methods(args) -> None:
-    """Seeds 1-3: every method; seeds 4 and 5 (``--more-seeds``): the key ones."""
-    variants = {**REFERENCE_METHODS, "ours": ("ours", []), "ours + MinEnt": ("ours_minent", [])}
-    for seed in (1, 2, 3, *MORE_SEEDS[: args.more_seeds]):
-        for name, (method, overrides) in variants.items():
-            if seed <= 3 or name in KEY_METHODS:
-                run_variant(seed, f"final {name}", overrides, [], method)
-    cmd_report(args)
-
-
-FROZEN_METHODS = {  # BatchNorm frozen (statistics and affine, eval mode) from the branch point
-    "source-only": ("source_only", []),
-    "MinEnt (1e-3, ADVENT)": ("minent", []),
-    "ours": ("ours", []),
-}
-
-
-def cmd_frozen(args) -> None:
-    """Regime (b): the seeds' warm-ups, then BatchNorm frozen from the branch point at 500, so
-    that the target batches cannot move its statistics and the losses act alone."""
-    for seed in (1, 2, 3, *MORE_SEEDS[: args.more_seeds]):
-        for name, (method, overrides) in FROZEN_METHODS.items():
-            run_variant(seed, f"frozen-bn {name}", [*overrides, "model.bn=frozen"], [], method)
-    cmd_report(args)
-
-
-PRETRAINED = ["model.weights=minicity_pretrained", "model.bn=affine_frozen"]
-FROZEN = ["model.bn=frozen"]
-# name: (run-name prefix, warm-up name, overrides of the warm-up and every run, overrides from
-# the branch point on). (a) and (b) keep the run names of the stages above.
-REGIMES = {
-    "a": ("final", "warmup", [], []),
-    "b": ("frozen-bn", "warmup", [], FROZEN),
-    "c": ("pretrained", "warmup-pretrained", PRETRAINED, []),
-    "c-frozen": ("pretrained frozen-bn", "warmup-pretrained", PRETRAINED, FROZEN),
-}
-REGIME_METHODS = {  # name: (method, overrides); (a)'s cached control is the minent equivalent
-    "source-only": ("source_only", []),
-    "target BN only (no loss)": ("target_bn", []),
-    "MinEnt (1e-3, ADVENT)": ("minent", []),
-    "AdvEnt (1e-3, ADVENT)": ("advent", []),
-    "ours": ("ours", []),
-    "ours + MinEnt": ("ours_minent", []),
-}
-KEY = ("source-only", "target BN only (no loss)", "MinEnt (1e-3, ADVENT)", "ours")
-SEEDS = range(1, 6)  # fixed before the regimes were run
-
-
-def regime_run(regime: str, seed: int, method_name: str, more: list[str] | None = None,
-               label: str = "", display: str | None = None) -> dict:
-    """One method in one regime, branched off the regime's warm-up of this seed; ``more``
-    overrides are added from the branch point on; the run is named ``label``, the regime's
-    prefix and ``display`` (default: the method's name)."""
-    prefix, warmup_name, extra, branch = REGIMES[regime]
-    method, overrides = REGIME_METHODS[method_name]
-    if regime == "a" and method == "target_bn":  # cached under its earlier, equivalent form
-        method, overrides = "minent", ["loss.ent=1e-12", "loss.ent_aux=0"]
-    return run_variant(seed, f"{label}{prefix} {display or method_name}",
-                       [*overrides, *branch, *(more or [])], extra, method,
-                       warmup_name=warmup_name)
-
-
-def grid(regimes: tuple[str, ...], methods: tuple[str, ...]) -> None:
-    for seed in SEEDS:
-        for regime in regimes:
-            for name in methods:
-                if not (name.startswith("target BN") and regime.endswith("frozen")):
-                    regime_run(regime, seed, name)  # BN frozen: the control is source-only
-
-
-def oracle(name: str, extra: list[str]) -> None:
-    """A target-trained oracle on seeds 1-3 (the gap): from the pretrained backbone in (c)
-    (``extra=PRETRAINED``), and (a)'s again with today's code, since the gap table's first runs
-    are from the first session, whose numbers differ from later ones."""
-    method, overrides = GAP_RUNS["gap: target-trained oracle"]
-    for seed in (1, 2, 3):
-        run_variant(seed, name, overrides, extra, method, from_scratch=True)
-
-
-CANDIDATES = {  # method: weights tried on the selection split (the first is the default);
-    # AdvEnt is not in it: at ~5.5 min a run it did not fit the session that ran this
-    "ours": [["loss.cos=0.1"], ["loss.cos=0.01"], ["loss.cos=1"]],
-    "MinEnt (1e-3, ADVENT)": [["loss.ent=0.001", "loss.ent_aux=0.0002"],
-                              ["loss.ent=0.01", "loss.ent_aux=0.002"],
-                              ["loss.ent=0.1", "loss.ent_aux=0.02"]],
-}
-
-
-def select_weights(regime: str) -> dict[str, list[str]]:
-    """Seed 0, the selection split: each method at each candidate weight, branched off the
-    regime's seed-0 warm-up; returns the best candidate per method (selection mIoU)."""
-    prefix, warmup_name, extra, branch = REGIMES[regime]
-    extra = [*extra, *selection_overrides()]
-    run_variant(0, f"select-{regime} source-only", branch, extra, "source_only",
-                warmup_name=f"select-{warmup_name}")
-    best = {}
-    for name, candidates in CANDIDATES.items():
-        method = REGIME_METHODS[name][0]
-        scores = [run_variant(0, f"select-{regime} {name} {' '.join(c)}", [*c, *branch],
-                              extra, method, warmup_name=f"select-{warmup_name}")["miou"]
-                  for c in candidates]
-        best[name] = candidates[int(np.argmax(scores))]
-        print(f"regime ({regime}), {name}: selection mIoU "
-              + ", ".join(f"{' '.join(c)}: {v:.2f}" for c, v in zip(candidates, scores))
-              + f" -> {' '.join(best[name])}", flush=True)
-    return best
-
-
-def selected_c() -> None:
-    """Weights chosen on the selection split in regime (c), on seeds 1-5 where they differ
-    from the paper's."""
-    best = select_weights("c")
-    for seed in SEEDS:
-        for name, weights in best.items():
-            if weights != CANDIDATES[name][0]:
-                regime_run("c", seed, name, weights, label="selected ",
-                           display=f"{name.split(' (')[0]} {' '.join(weights)}")
-
-
-STYLES = {"fog": Path("data/minicity_fog"), "dusk": Path("data/minicity_dusk")}
-
-
-def style_overrides(style: str) -> list[str]:
-    """The same source (MiniCity's game-style half), another target style."""
-    from dataclasses import replace
-
-    from cosalign.data.minicity import MiniCitySpec
-    from cosalign.data.minicity_render import STYLES as RENDER_STYLES
-
-    make_minicity(STYLES[style], replace(MiniCitySpec(), target_style=RENDER_STYLES[style]),
-                  progress=False)
-    return [f"data.target.root={STYLES[style] / 'cityscapes'}",
-            f"data.val.root={STYLES[style] / 'cityscapes'}"]
-
-
-def other_target(style: str) -> None:
-    """Regime (c) with the fog or dusk target, from the same warm-ups (source-only)."""
-    target = style_overrides(style)
-    for seed in SEEDS:
-        for name in KEY:
-            regime_run("c", seed, name, target, label=f"{style} ")
-
-
-# most informative cells first; everything is cached per run
-PLAN = [
-    ("(c): source-only, the control, MinEnt, ours", lambda: grid(("c",), KEY)),
-    ("(c): the target-trained oracle",
-     lambda: oracle("pretrained gap: target-trained oracle", PRETRAINED)),
-    ("(c, BN frozen): source-only, MinEnt, ours", lambda: grid(("c-frozen",), KEY)),
-    ("AdvEnt in (c)", lambda: grid(("c",), ("AdvEnt (1e-3, ADVENT)",))),
-    ("(a): the target-trained oracle, re-run",
-     lambda: oracle("gap: target-trained oracle, rerun", [])),
-    ("(c): weights chosen on the selection split", selected_c),
-    # AdvEnt costs ~5 min a run here (its discriminators dominate the small network)
-    ("AdvEnt in (c, BN frozen)", lambda: grid(("c-frozen",), ("AdvEnt (1e-3, ADVENT)",))),
-    ("(c) with the fog target", lambda: other_target("fog")),
-    ("(c) with the dusk target", lambda: other_target("dusk")),
-    ("AdvEnt in (a) and (b)", lambda: grid(("a", "b"), ("AdvEnt (1e-3, ADVENT)",))),
-    ("ours + MinEnt in (b), (c), (c, BN frozen)",
-     lambda: grid(("b", "c", "c-frozen"), ("ours + MinEnt",))),
-]
-
-
-def cmd_regimes(args) -> None:
-    """The regimes of docs/results/minicity.md: every method paired with source-only from the
-    same branch point, in the order of PLAN (``--steps N``: only the first N steps)."""
-    for i, (title, step) in enumerate(PLAN[: args.steps], 1):
-        print(f"## step {i}/{len(PLAN)}: {title}", flush=True)
-        step()
-    cmd_report(args)
-
-
-def finished(pattern: str) -> list[Path]:
-    """Run folders matching ``pattern`` under runs/ablation that finished (an interrupted run
-    leaves a folder that `cosalign report` rightly refuses)."""
-    return [p for p in sorted(OUT.glob(pattern)) if (p / "done.json").is_file()]
-
-
-def regimes_report() -> None:
-    from cosalign.report import report
-
-    for regime, (prefix, *_rest) in REGIMES.items():
-        if regime in ("a", "b"):
-            continue  # printed by methods_report and frozen_report
-        runs = [p for p in finished(f"seed*/{prefix} *")
-                if "gap:" not in p.name and (regime.endswith("frozen") or "frozen" not in p.name)]
-        runs += finished(f"seed*/selected {prefix} *")  # weights chosen on selection
-        if runs:
-            print(f"\n### Regime ({regime}) by `cosalign report {OUT}/seed*/'{prefix} '* --out "
-                  f"{OUT / ('report_' + regime)}` (without other regimes' and gap folders)\n")
-            print(report(runs, OUT / f"report_{regime}", baseline="source_only"))
-    for style in STYLES:
-        runs = finished(f"seed*/{style} *")
-        if runs:
-            print(f"\n### Target style {style}, regime (c), by `cosalign report "
-                  f"{OUT}/seed*/'{style} '* --out {OUT / ('report_' + style)}`\n")
-            print(report(runs, OUT / f"report_{style}", baseline="source_only"))
-
-
-def frozen_report() -> None:
-    from cosalign.report import report
-
-    runs = finished("seed*/frozen-bn *")
-    if runs:
-        print(f"\n### BatchNorm frozen from the branch point, by `cosalign report "
-              f"{OUT}/seed*/frozen-bn* --out {OUT / 'report_frozen'}`\n")
-        print(report(runs, OUT / "report_frozen", baseline="source_only"))
-
-
-def methods_report() -> None:
-    """Stage 2 through `cosalign report`: per-class IoU, mean ± std over seeds 1-3, gains paired
-    by seed with 95% intervals, and the curves (runs/ablation/report_methods)."""
-    from cosalign.report import report
-
-    runs = finished("seed*/final *")
-    if runs:
-        print(f"\n### Stage 2 by `cosalign report {OUT}/seed*/final* --out "
-              f"{OUT / 'report_methods'}`\n")
-        print(report(runs, OUT / "report_methods", baseline="source_only"))
-
-
-def _load(seed_dirs) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for d in seed_dirs:
-        for f in sorted(d.glob("*/done.json")):
-            r = json.loads(f.read_text())
-            out.setdefault(r["name"], []).append(r)
-    return out
+def finished(keep) -> list[Path]:
+    """Finished run folders whose (seed, name) ``keep`` accepts (an interrupted run leaves a
+    folder that `cosalign report` rightly refuses)."""
+    return [d.parent for d in sorted(OUT.glob("seed*/*/done.json"))
+            if keep(int(d.parent.parent.name[4:]), d.parent.name)]
 
 
 def cmd_report(args) -> None:
-    runs = _load(sorted(OUT.glob("seed*")))
-    sweep = {k: v for k, v in runs.items()
-             if not k.startswith(("final ", "gap: ", "frozen-bn ", "pretrained ", "select-",
-                                  "selected ", *(f"{style} " for style in STYLES)))}
-    final = {k[len("final "):]: v for k, v in runs.items() if k.startswith("final ")}
-    gap = {k[len("gap: "):]: v for k, v in runs.items() if k.startswith("gap: ")}
-    gap.update({"(c) pretrained backbone, " + k[len("pretrained gap: "):]: v
-                for k, v in runs.items() if k.startswith("pretrained gap: ")})
-    for run_name, row in (("final source-only", "(a) source-only, seeds 1-5 (stage 2 runs)"),
-                          ("frozen-bn source-only", "(b) source-only, BN frozen from 500"),
-                          ("pretrained source-only", "(c) pretrained backbone, source-only"),
-                          ("pretrained frozen-bn source-only",
-                           "(c) pretrained, BN frozen from 500, source-only")):
-        if run_name in runs:
-            gap[row] = [r for r in runs[run_name] if 1 <= r["seed"] <= 5]
-    if sweep:
-        quantiles = OUT / "quantiles.json"
-        order = list(REFERENCE_METHODS)
-        if quantiles.is_file():
-            order += list(sweep_variants(json.loads(quantiles.read_text())))
-        sweep = dict(sorted(sweep.items(), key=lambda kv: order.index(kv[0])
-                            if kv[0] in order else len(order)))
-        base = statistics.mean(r["miou"] for r in sweep.get("source-only", [{"miou": np.nan}]))
-        print("\n### Stage 1: sweep (seed 0, selection split: 100 labelled target-train images)\n")
-        print("| variant | mIoU | vs source-only | NN acc. | selected | pair cos | eff. rank |")
-        print("|---|---|---|---|---|---|---|")
-        for name, rs in sweep.items():
-            r = rs[0]
-            te, pr = r["train_end"], r["premise"]
-            sel = f"{100 * te['selected']:.1f}%" if "selected" in te else "-"
-            print(f"| {name} | {r['miou']:.2f} | {r['miou'] - base:+.2f} | "
-                  f"{pr.get('nn_accuracy', float('nan')):.1f} | {sel} | "
-                  f"{_num(te, 'pair_cos', 2)} | {_num(te, 'eff_rank', 1)} |")
-    if gap:
-        _gap_report(gap)
-    frozen_report()
-    regimes_report()
-    if final:
-        methods_report()
-        order = [*REFERENCE_METHODS, "ours", "ours + MinEnt"]
-        by_seed = {name: {r["seed"]: r["miou"] for r in rs} for name, rs in final.items()}
-        seeds = sorted({s for vals in by_seed.values() for s in vals})
-        print(f"\n### Stage 2: methods, seeds {', '.join(map(str, seeds))}, MiniCity target "
-              "val (100 images)\n")
-        print("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | gain "
-              "over source-only, same seed: mean ± std |")
-        print("|---" * (len(seeds) + 3) + "|")
-        base = by_seed.get("source-only", {})
-        for name in sorted(by_seed, key=lambda n: order.index(n) if n in order else 99):
-            vals = by_seed[name]
-            cells = " | ".join(f"{vals[s]:.2f}" if s in vals else "-" for s in seeds)
-            gains = [vals[s] - base[s] for s in vals if s in base]
-            print(f"| {name} | {cells} | {_mean_std(list(vals.values()))} | "
-                  f"{_mean_std(gains, signed=True)} |")
-
-
-def _num(row: dict, key: str, digits: int) -> str:
-    return f"{row[key]:.{digits}f}" if key in row else "-"
-
-
-def _mean_std(vals: list[float], signed: bool = False) -> str:
-    if not vals:
-        return "-"
-    std = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-    return f"{statistics.mean(vals):{'+' if signed else ''}.2f} ± {std:.2f}"
-
-
-def _gap_report(gap: dict[str, list[dict]]) -> None:
-    print("\n### The gap and the premise (1,000 iterations, MiniCity target val, mean ± std "
-          "over seeds)\n")
-    print("| model | target val mIoU | source val mIoU | NN class acc. (chance) | "
-          "S same-class | S different-class |")
-    print("|---|---|---|---|---|---|")
-    for name, rs in gap.items():
-        def ms(key, sub=None, rs=rs):
-            vals = [(r[sub] if sub else r).get(key) for r in rs]
-            return _mean_std([v for v in vals if v is not None])
-        chance = rs[0]["premise"].get("nn_chance", float("nan"))
-        print(f"| {name} | {ms('miou')} | {ms('source_val_miou')} | "
-              f"{ms('nn_accuracy', 'premise')} ({chance:.0f}) | {ms('s_same', 'premise')} | "
-              f"{ms('s_diff', 'premise')} |")
+    for table in args.tables or TABLES:
+        keep, by, baseline = TABLES[table]
+        runs = finished(keep)
+        if not runs:
+            continue
+        out = OUT / f"report_{table}"
+        print(f"\n### {table}: `cosalign report` over {len(runs)} run folders of "
+              f"{OUT}/seed*/ (`minicity_ablation.py report {table}`; written to {out})\n")
+        print(report(runs, out, baseline=baseline, by=by))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=["sweep", "gap", "collapse", "methods", "frozen",
-                                     "regimes", "report"])
-    p.add_argument("--more-seeds", type=int, default=0, choices=range(len(MORE_SEEDS) + 1),
-                   help="methods, frozen: also this many of seeds 4-15 (key methods only)")
-    p.add_argument("--steps", type=int, default=len(PLAN),
-                   help="regimes: only the first N entries of PLAN")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train a group of the plan (cached, resumable)")
+    r.add_argument("group", choices=["sweep", *PLAN])
+    r.add_argument("--steps", type=int, default=None, help="only the first N steps")
+    r.set_defaults(func=cmd_run)
+    sub.add_parser("list", help="the plan and how much of it is done").set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="print the tables (cosalign report)")
+    rep.add_argument("tables", nargs="*", choices=[[], *TABLES], metavar="TABLE",
+                     help=f"some of {', '.join(TABLES)} (default: all)")
+    rep.set_defaults(func=cmd_report)
     args = p.parse_args()
     torch.set_num_threads(2)
-    make_minicity(DATA)
-    {"sweep": cmd_sweep, "gap": cmd_gap, "collapse": cmd_collapse, "methods": cmd_methods,
-     "frozen": cmd_frozen, "regimes": cmd_regimes, "report": cmd_report}[args.stage](args)
+    args.func(args)
 
 
 if __name__ == "__main__":

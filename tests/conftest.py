@@ -15,8 +15,7 @@ os.environ.setdefault("COSALIGN_CACHE", tempfile.mkdtemp(prefix="cosalign-test-c
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cosalign.data.minicity import MiniCitySpec, make_minicity  # noqa: E402
-from cosalign.demo import minicity_config  # noqa: E402
+from cosalign.minicity import MiniCitySpec, make_minicity, minicity_config  # noqa: E402
 
 torch.set_num_threads(2)
 

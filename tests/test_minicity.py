@@ -14,7 +14,7 @@ from cosalign.data.check import check_dataset
 from cosalign.data.cityscapes import read_cityscapes_label
 from cosalign.data.gta5 import read_gta5_label
 from cosalign.data.labels import CLASS_SUBSETS
-from cosalign.data.minicity import (
+from cosalign.minicity.generate import (
     MiniCitySpec,
     _jobs,
     array_digest,
@@ -22,8 +22,9 @@ from cosalign.data.minicity import (
     content_hash,
     make_minicity,
 )
-from cosalign.data.minicity_render import DUSK, FOG, GAME, PHOTO, render
-from cosalign.data.minicity_scene import sample_scene
+from cosalign.minicity.render import render
+from cosalign.minicity.scene import sample_scene
+from cosalign.minicity.styles import DUSK, FOG, GAME, PHOTO
 from tests.conftest import TINY
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from cosalign.cli import main
-from cosalign.data.minicity_render import render
-from cosalign.data.minicity_scene import CAR, PERSON, SKY, VEGETATION, sample_scene
-from cosalign.data.randomized import MATERIALS, MIN_EXPOSURE, random_style, render_one
-from cosalign.demo import minicity_config
+from cosalign.minicity import minicity_config
+from cosalign.minicity.pretrain import PretrainSpec, bundled_is_current, read_key
+from cosalign.minicity.randomized import MATERIALS, MIN_EXPOSURE, random_style, render_one
+from cosalign.minicity.render import render
+from cosalign.minicity.scene import CAR, PERSON, SKY, VEGETATION, sample_scene
 from cosalign.models import build_model
 from cosalign.models.weights import BUNDLED, load_weights
-from cosalign.pretrain import PretrainSpec, bundled_is_current, read_key
 
 
 def test_random_styles_never_look_like_a_target():

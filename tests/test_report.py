@@ -17,7 +17,7 @@ from cosalign.report import ReportError, method_name, report
 T975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
 
 
-def fake_run(path, method, seed, miou, road=50.0, iters=100, extra=()):
+def fake_run(path, method, seed, miou, road=50.0, iters=100, extra=(), premise=None):
     """A run folder as `cosalign train` leaves it: config.yaml and metrics.jsonl."""
     cfg = method_config("minicity", [f"train.seed={seed}", f"train.iters={iters}", *extra],
                         method)
@@ -25,7 +25,7 @@ def fake_run(path, method, seed, miou, road=50.0, iters=100, extra=()):
     (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     rows = [{"iter": i, "kind": "train", "seg": 1.0 / i, "lr": 0.01} for i in (50, 100)]
     rows.append({"iter": iters, "kind": "eval", "miou": {"minicity": miou},
-                 "iou": {"road": road, "sidewalk": 2 * miou - road}})
+                 "iou": {"road": road, "sidewalk": 2 * miou - road}, "premise": premise or {}})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -134,3 +134,20 @@ def test_report_on_short_minicity_runs(tiny_config, tmp_path, capsys):
             + (finals["ours_1"] - finals["source_only_1"])) / 2
     assert float(ours["gain_mean"]) == pytest.approx(gain) and ours["pairs"] == "2"
     assert (out / "miou.png").is_file() and (out / "train.png").is_file()
+
+
+def test_premise_columns_and_groups_by_run_folder(tmp_path):
+    """The premise diagnostics of the final evaluation: mean ± std over seeds, by hand; --by
+    run splits groups by folder name (the ablation's sweep, whose variants share a seed)."""
+    for seed, (acc, same) in zip((1, 2), ((30.0, 0.4), (40.0, 0.5))):
+        fake_run(tmp_path / f"s{seed}", "source_only", seed, 30.0,
+                 premise={"nn_accuracy": acc, "s_same": same, "s_diff": 0.2})
+    text = report([tmp_path / "s1", tmp_path / "s2"], tmp_path / "out")
+    assert "| NN class acc. (%) | S same class | S other class |" in text
+    sd = math.sqrt(((30 - 35) ** 2 + (40 - 35) ** 2) / 1)
+    assert f"| 35.0 ± {sd:.1f} | 0.450 ± 0.071 | 0.200 ± 0.000 |" in text
+    fake_run(tmp_path / "x", "ours", 0, 31.0)
+    fake_run(tmp_path / "y", "ours", 0, 32.0, extra=["align.tau=0.6"])
+    text = report([tmp_path / "x", tmp_path / "y"], tmp_path / "out2", by=("run",))
+    assert "| ours [run=x] |" in text and "| ours [run=y] |" in text
+    assert "NN class acc." not in text  # no premise logged: no columns

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cosalign.config import DATASETS, DEVICES, ConfigError
 from cosalign.methods.table import METHODS
+from cosalign.minicity.styles import TARGET_STYLES
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -59,8 +60,7 @@ def cmd_train(args) -> int:
 def cmd_data_make(args) -> int:
     from dataclasses import replace
 
-    from cosalign.data.minicity import MiniCitySpec, make_minicity
-    from cosalign.data.minicity_render import STYLES
+    from cosalign.minicity import STYLES, MiniCitySpec, make_minicity
 
     spec = replace(MiniCitySpec(), target_style=STYLES[args.target_style], seed=args.seed,
                    num_target_train=args.num_target, num_source=args.num_source)
@@ -120,7 +120,7 @@ def cmd_viz(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from cosalign.pretrain import PretrainSpec, bundled_is_current, pretrain
+    from cosalign.minicity.pretrain import PretrainSpec, bundled_is_current, pretrain
 
     spec = PretrainSpec(images=args.images, iters=args.iters, seed=args.seed)
     weights = pretrain(args.out, spec, workers=args.workers, progress=not args.quiet)
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     mk = dsub.add_parser("make", help="generate MiniCity")
     mk.add_argument("--out", default="data/minicity")
-    mk.add_argument("--target-style", default="photo", choices=["photo", "fog", "dusk"])
+    mk.add_argument("--target-style", default="photo", choices=TARGET_STYLES)
     mk.add_argument("--num-source", type=int, default=600)
     mk.add_argument("--num-target", type=int, default=600)
     mk.add_argument("--seed", type=int, default=0)

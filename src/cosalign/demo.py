@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import Config, to_dict
+from cosalign.config import to_dict
 from cosalign.data import build_dataset
-from cosalign.data.minicity import MiniCitySpec, content_hash, make_minicity
 from cosalign.data.transforms import denormalize
 from cosalign.engine.checkpoint import list_checkpoints, load_trained
 from cosalign.engine.evaluate import format_table
 from cosalign.engine.train import train
 from cosalign.engine.upsample import upsample_logits
-from cosalign.methods import method_config
+from cosalign.minicity import MiniCitySpec, content_hash, make_minicity, minicity_config
 from cosalign.viz import comparison_figure
 from cosalign.viz_alignment import run_viz
 
@@ -43,17 +42,6 @@ CONTROL = "BatchNorm control"  # target_bn: the target batches through BatchNorm
 # updated in train mode, as in the paper preset. `--set model.weights=null model.bn=train`
 # gives the from-scratch regime (a).
 REGIME = ["model.weights=minicity_pretrained", "model.bn=affine_frozen"]
-
-
-def minicity_config(data_dir: str | Path, overrides: list[str] | None = None,
-                    method: str | None = None) -> Config:
-    """The MiniCity preset with its dataset roots under ``data_dir``."""
-    d = Path(data_dir)
-    return method_config("minicity", [
-        f"data.source.root={d / 'gta5'}", f"data.source.list_file={d / 'gta5' / 'train.txt'}",
-        f"data.target.root={d / 'cityscapes'}", f"data.val.root={d / 'cityscapes'}",
-        *(overrides or []),
-    ], method=method)
 
 
 def environment() -> dict[str, str]:

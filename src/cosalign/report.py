@@ -35,6 +35,8 @@ from cosalign.methods import METHODS, method_name
 # config keys that do not change what a run measures (paths differ between machines)
 IGNORED = ("train.seed", "train.device", "train.log_every", "train.eval_every",
            "train.checkpoint_every", "train.keep_checkpoints", "data.workers", "data.cache")
+PREMISE = {"nn_accuracy": "NN class acc. (%)", "s_same": "S same class",
+           "s_diff": "S other class"}  # the premise diagnostics at the final evaluation
 PLOTTED = ("seg", "cos", "ent", "adv", "selected", "pair_cos", "eff_rank", "s_q50")
 
 
@@ -98,10 +100,11 @@ def load_run(path: str | Path, by: tuple[str, ...] = ()) -> Run:
         raise ReportError(f"{path}: the run reports iteration {last} but logged evaluations at "
                           f"{later}: the reported checkpoint was chosen after seeing them (on "
                           "the evaluation set); report the last checkpoint of a run")
-    flat = _comparable(flatten(to_dict(cfg)))
+    flat = {**_comparable(flatten(to_dict(cfg))), "run": path.name}
     missing = [k for k in by if k not in flat]
     if missing:
-        raise ReportError(f"--by {missing[0]}: not a config key of {path} (e.g. loss.tau)")
+        raise ReportError(f"--by {missing[0]}: not a config key of {path} (e.g. align.tau, or "
+                          "run: the folder's name)")
     group = method_name(cfg) + "".join(f" [{k}={flat[k]}]" for k in by)
     return Run(path, cfg, group, final[-1], evals, [r for r in rows if r["kind"] == "train"])
 
@@ -158,10 +161,10 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
     return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(mean: float, std: float, digits: int = 1) -> str:
     if math.isnan(mean):
         return "-"
-    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def build(runs: list[Run], baseline: str) -> tuple[list[dict], str]:
@@ -183,6 +186,8 @@ def build(runs: list[Run], baseline: str) -> tuple[list[dict], str]:
                 name = CLASS_NAMES[c]
                 row[name] = _mean_std([r.final["iou"].get(name, math.nan) for r in members])
             row["miou"] = _mean_std([r.final["miou"][subset] for r in members])
+            row["premise"] = {k: _mean_std([r.final.get("premise", {}).get(k, math.nan)
+                                            for r in members]) for k in PREMISE}
             if baseline and group != baseline:
                 row["gain"] = paired_gain({r.seed: r.final["miou"][subset] for r in members},
                                           {s: r.final["miou"][subset] for s, r in base.items()})
@@ -196,7 +201,11 @@ def markdown(rows: list[dict], baseline: str, warnings: list[str]) -> str:
         classes = [CLASS_NAMES[c] for c in class_subset(subset)]
         gain = (f"gain over {baseline}, paired by seed (95% CI)" if baseline
                 else "gain (no baseline)")
-        head = ["method", *classes, f"mIoU ({subset})", "seeds", gain]
+        subset_rows = [r for r in rows if r["subset"] == subset]
+        premise = [k for k in PREMISE if any(not math.isnan(r["premise"][k][0])
+                                              for r in subset_rows)]
+        head = ["method", *classes, f"mIoU ({subset})", "seeds", gain,
+                *(PREMISE[k] for k in premise)]
         lines = [f"### {subset}: IoU (%), mean ± std over seeds", "",
                  "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for r in (r for r in rows if r["subset"] == subset):
@@ -211,8 +220,11 @@ def markdown(rows: list[dict], baseline: str, warnings: list[str]) -> str:
                         f"{g['mean'] + g['half']:+.2f}] (n={g['n']})")
             cells = [_fmt(*r[c]) for c in classes]
             seeds = ", ".join(map(str, r["seeds"]))
+            extra = "".join(f" {_fmt(*r['premise'][k], digits=1 if k == 'nn_accuracy' else 3)} |"
+                            for k in premise)
             lines.append(f"| {r['group']} | " + " | ".join(cells) +
-                         f" | **{_fmt(*r['miou'])}** | {len(r['seeds'])} ({seeds}) | {cell} |")
+                         f" | **{_fmt(*r['miou'])}** | {len(r['seeds'])} ({seeds}) | {cell} |"
+                         + extra)
         out.append("\n".join(lines))
     if warnings:
         out.append("\n".join(f"warning: {w}" for w in warnings))
@@ -234,6 +246,10 @@ def write_csv(rows: list[dict], path: Path) -> None:
                 w.writerow([r["group"], r["subset"], c, *r[c], seeds, "", "", "", ""])
             w.writerow([r["group"], r["subset"], "miou", *r["miou"], seeds,
                         g["mean"] if g["n"] else "", lo, hi, g["n"]])
+            for k in PREMISE:
+                if not math.isnan(r["premise"][k][0]):
+                    w.writerow([r["group"], r["subset"], k, *r["premise"][k], seeds, "", "", "",
+                                ""])
 
 
 def _curves(runs: list[Run], rows_of, key) -> dict[str, list[tuple[list[int], list[float]]]]:

@@ -36,7 +36,7 @@ CLASS_SUBSETS: dict[str, tuple[int, ...]] = {
     "cityscapes19": tuple(range(19)),
     "synthia16": (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18),
     "synthia13": (0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18),
-    # The classes that the embedded MiniCity benchmark draws (see data/minicity.py).
+    # The classes that the embedded MiniCity benchmark draws (see minicity/generate.py).
     "minicity": (0, 1, 2, 5, 7, 8, 9, 10, 11, 13),
 }
 

@@ -10,7 +10,7 @@ Four kinds of file are recognized by their keys:
 - a cosalign checkpoint (``model`` and ``config`` keys): the whole network;
 - a backbone from ``cosalign pretrain`` (``model`` and ``pretrain`` keys): the backbone only.
 The name ``minicity_pretrained`` stands for the pretrained MiniCity backbone that ships with the
-package (see cosalign/pretrain.py). Files are always read with
+package (see cosalign/minicity/pretrain.py). Files are always read with
 ``torch.load(..., weights_only=True)``.
 """
 

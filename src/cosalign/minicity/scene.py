@@ -5,7 +5,7 @@ height ``cam_h`` above the road at X = 0, looking along Z; a point projects to
 u = vx + f X / Z, v = horizon + f (cam_h - Y) / Z. A scene is a straight street (2-4 lanes),
 sidewalks, optional grass strips, building blocks on both sides, trees, poles with signs, parked
 and driving cars and pedestrians, all at metric sizes, so their image sizes follow perspective.
-Surfaces are drawn far to near (painter's algorithm); the style (data/minicity_render.py) decides
+Surfaces are drawn far to near (painter's algorithm); the style (minicity/render.py) decides
 how each one looks.
 """
 

@@ -2,7 +2,7 @@
 
 It plays ImageNet's part for the embedded benchmark (docs/METHOD.md section 9): a large, diverse
 set that teaches a backbone features that separate things, without ever showing it what the
-target domains look like. Each image gets a :class:`~cosalign.data.minicity_render.Style` of its
+target domains look like. Each image gets a :class:`~cosalign.minicity.styles.Style` of its
 own: every material's colour drawn at random, procedural noise textures (never the photographs
 the "photo" target is textured with), random shading, exposure, colour cast, saturation, clouds,
 blur and noise, and no fog, no dusk exposure and no ego-vehicle hood. The labels are the
@@ -12,13 +12,12 @@ with an ImageNet classifier.
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
-from tqdm import tqdm
 
-from cosalign.data.minicity_render import PALETTES, Style, render
-from cosalign.data.minicity_scene import rasterize, sample_scene
+from cosalign.minicity.pool import render_pool
+from cosalign.minicity.render import render
+from cosalign.minicity.scene import rasterize, sample_scene
+from cosalign.minicity.styles import PALETTES, Style
 
 MATERIALS = ("sky", "road", "sidewalk", "terrain", "wall", "trunk", "foliage", "pole", "sign",
              "car_body", "car_window", "wheel", "cloth", "skin")
@@ -56,20 +55,8 @@ def render_set(n: int, size: tuple[int, int], seed: int = 0, workers: int = 2,
                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images of ``size`` (width, height): (n, H, W, 3) uint8 and (n, H, W) uint8."""
     jobs = [(seed, i, *size) for i in range(n)]
-    bar = tqdm(total=n, desc="pretraining set", unit="img", disable=not progress)
     images = np.empty((n, size[1], size[0], 3), np.uint8)
     labels = np.empty((n, size[1], size[0]), np.uint8)
-
-    def put(i: int, pair: tuple[np.ndarray, np.ndarray]) -> None:
+    for i, pair in enumerate(render_pool(render_one, jobs, workers, "pretraining set", progress)):
         images[i], labels[i] = pair
-        bar.update()
-
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for i, pair in enumerate(pool.map(render_one, jobs, chunksize=16)):
-                put(i, pair)
-    else:
-        for i, job in enumerate(jobs):
-            put(i, render_one(job))
-    bar.close()
     return images, labels

@@ -3,7 +3,7 @@
 The paper starts from an ImageNet-pretrained ResNet-101. MiniCity's network cannot use those
 weights (it is a 1/4-width ResNet-18) and nothing can be downloaded, so this command makes the
 equivalent: it trains the backbone to segment the 14 materials of MiniCity's street layouts
-under a random appearance per image (data/randomized.py: random colours, noise textures and
+under a random appearance per image (minicity/randomized.py: random colours, noise textures and
 lighting; never the target's photographs, fog or dusk), then keeps the backbone only. Training
 on MiniCity then starts from features that already separate things, as with ImageNet, while the
 heads start from scratch. docs/METHOD.md section 9 says why this design and what it leaves out.
@@ -16,7 +16,6 @@ benchmark needs no pretraining run; ``tests/test_pretrain.py`` checks that it is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -27,18 +26,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cosalign.data.randomized import MATERIALS, render_set
 from cosalign.data.transforms import normalize
 from cosalign.engine.checkpoint import save_atomic
 from cosalign.engine.evaluate import confusion_matrix, mean_iou, per_class_iou
 from cosalign.engine.runtime import poly_lr
 from cosalign.engine.upsample import upsample_logits
+from cosalign.minicity.cache import code_hash
+from cosalign.minicity.randomized import MATERIALS, render_set
 from cosalign.models import DeepLabV2
 from cosalign.models.weights import BUNDLED
 
 FORMAT_VERSION = 1
-_SOURCES = ("data/minicity_scene.py", "data/minicity_render.py", "data/randomized.py",
-            "models/resnet.py", "models/deeplab.py", "pretrain.py")
+SOURCES = ("minicity/scene.py", "minicity/render.py", "minicity/styles.py",
+           "minicity/randomized.py", "minicity/pool.py", "minicity/cache.py", "models/resnet.py",
+           "models/deeplab.py", "minicity/pretrain.py")
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,8 @@ class PretrainSpec:
     seed: int = 0
 
     def key(self) -> dict:
-        return {"version": FORMAT_VERSION, "code": code_hash(),
+        return {"version": FORMAT_VERSION, "code": code_hash(*SOURCES),
                 **json.loads(json.dumps(asdict(self)))}
-
-
-def code_hash() -> str:
-    """Hash of the text of the code that makes the weights. The text, not its syntax tree as
-    for MiniCity's cache: ``ast.dump`` differs between Python versions, and the shipped file must
-    read as current on every one."""
-    here = Path(__file__).parent
-    h = hashlib.sha1()
-    for name in _SOURCES:
-        h.update((here / name).read_text().replace("\r\n", "\n").encode())
-    return h.hexdigest()[:16]
 
 
 def read_key(path: Path) -> dict | None:

@@ -3,7 +3,7 @@
 The source domain is rendered in the "game" style and written exactly as a GTA5 tree; the target
 in the "photo" style (textures from photographs bundled with scikit-image, camera effects, an
 ego-vehicle hood) and written exactly as a Cityscapes tree. Both domains share the scene
-distribution (data/minicity_scene.py) and differ in rendering (data/minicity_render.py), as
+distribution (minicity/scene.py) and differ in rendering (minicity/render.py, styles.py), as
 GTA5 and Cityscapes do. Everything is a deterministic function of the seed.
 
     ROOT/gta5/images/NNNNN.png, labels/NNNNN.png, train.txt, val.txt
@@ -20,32 +20,26 @@ dependency or code change that alters the data fails there; the demo records the
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from cosalign.data.minicity_render import GAME, PHOTO, Style, render
-from cosalign.data.minicity_scene import sample_scene
+from cosalign.minicity.cache import code_hash
+from cosalign.minicity.pool import render_pool
+from cosalign.minicity.render import render
+from cosalign.minicity.scene import sample_scene
+from cosalign.minicity.styles import GAME, PHOTO, Style
 
 FORMAT_VERSION = 2
 CONTENT = "content_sha256"  # the stamp's field holding the content hash
 
 
-def _generator_hash() -> str:
-    """Hash of the generator's code (its syntax tree, so comments and line breaks do not count):
-    a changed generator invalidates cached copies."""
-    here = Path(__file__).parent
-    h = hashlib.sha1()
-    for name in ("minicity.py", "minicity_scene.py", "minicity_render.py"):
-        h.update(ast.dump(ast.parse((here / name).read_text())).encode())
-    return h.hexdigest()[:16]
+GENERATOR = ("minicity/generate.py", "minicity/scene.py", "minicity/render.py",
+             "minicity/styles.py", "minicity/pool.py", "minicity/cache.py")
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class MiniCitySpec:
     seed: int = 0
 
     def key(self) -> dict:
-        return {"version": FORMAT_VERSION, "generator": _generator_hash(),
+        return {"version": FORMAT_VERSION, "generator": code_hash(*GENERATOR),
                 **json.loads(json.dumps(asdict(self)))}
 
 
@@ -134,18 +128,7 @@ def make_minicity(root: Path, spec: MiniCitySpec = MiniCitySpec(), workers: int 
             return False
     stamp.unlink(missing_ok=True)
     jobs = _jobs(root, spec)
-    bar = tqdm(total=len(jobs), desc="MiniCity", unit="img", disable=not progress)
-    digests = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for digest in pool.map(_write, jobs, chunksize=16):
-                digests.append(digest)
-                bar.update()
-    else:
-        for job in jobs:
-            digests.append(_write(job))
-            bar.update()
-    bar.close()
+    digests = list(render_pool(_write, jobs, workers, "MiniCity", progress))
     content = combine_digests([(job[0].relative_to(root).as_posix(), d)
                                for job, d in zip(jobs, digests)])
     names = [f"{i:05d}.png" for i in range(spec.num_source)]
