@@ -4,7 +4,7 @@
 #               MiniCity demo
 #   make test   the same set-up, then ruff and the test suite
 # Both are idempotent: with .venv up to date they go straight to the work.
-#   make numbers  re-runs the demo and checks the README's numbers against it (tools/numbers.py)
+#   make numbers  re-runs the demo and checks the README's numbers against it (tools/demo_numbers.py)
 #   make lock     re-resolves pyproject.toml into requirements.lock (tools/lock.py); commit it
 VENV  := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | python3 -c "import hashlib,sys;print(hashlib.sha1(sys.stdin.buffer.read()).hexdigest()[:12])")
@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 numbers: $(STAMP)
-	$(VENV)/bin/python tools/numbers.py
+	$(VENV)/bin/python tools/demo_numbers.py
 
 lock: $(STAMP)
 	$(VENV)/bin/python tools/lock.py refresh

@@ -46,7 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # runnable with nothing installed
 
 from cosalign.config import load_config  # noqa: E402
-from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from cosalign.engine.checkpoint import (  # noqa: E402
+    checkpoint_iteration,
+    checkpoint_name,
+    list_checkpoints,
+    load_checkpoint,
+)
 from cosalign.engine.runtime import autocast_for  # noqa: E402
 from cosalign.engine.train import train_step  # noqa: E402
 from cosalign.losses import ClassFeatureDictionary  # noqa: E402
@@ -302,12 +307,12 @@ def section_e2e(args, device) -> tuple[str, bool]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(train + ["--out", str(out / "killed"), "--set", *sets], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "killed" / f"ckpt_{n:07d}.pt"
+    first = out / "killed" / checkpoint_name(n)
     while not first.exists() and proc.poll() is None and time.perf_counter() - t0 < 900:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = [int(p.stem[5:]) for p in list_checkpoints(out / "killed")]
+    killed_at = [checkpoint_iteration(p) for p in list_checkpoints(out / "killed")]
     early = killed_at == [n]
     ok &= early
     rows.append([f"train again, kill -9 after the checkpoint at {n}",

@@ -129,6 +129,7 @@ def sweep(quantiles: dict[str, float]) -> dict[str, Experiment]:
         return Experiment("ours", overrides, "select-warmup", branch, seeds=(0,))
 
     v = {"source-only": Experiment("source_only", (), "select-warmup", seeds=(0,)),
+         "BatchNorm control": Experiment("target_bn", (), "select-warmup", seeds=(0,)),
          "MinEnt (1e-3, ADVENT)": Experiment("minent", (), "select-warmup", seeds=(0,)),
          **{n: Experiment("minent", w, "select-warmup", seeds=(0,))
             for n, w in MINENT_WEIGHTS.items()},

@@ -157,3 +157,33 @@ def test_resume_into_frozen_batchnorm_is_not_a_traceback(tiny_config, tmp_path, 
     out = capsys.readouterr().out
     assert "config changed: model.bn" in out and "mapped by parameter name" in out
     assert load_checkpoint(list_checkpoints(tmp_path)[-1])["iteration"] == 6
+
+
+def test_a_checkpoint_of_the_layout_before_the_method_table_resumes_the_same(tiny_config,
+                                                                           tmp_path):
+    """Before 0.2 a checkpoint kept AdvEnt's discriminators and their optimizer as top-level
+    keys, and the alignment's and dictionary's settings under loss:. Such a checkpoint
+    resumes exactly as today's does."""
+    from cosalign.engine.train import train
+    from cosalign.methods import apply_method
+
+    cfg = apply_method(copy.deepcopy(tiny_config), "ours_advent")
+    cfg.train.deterministic = True
+    for name in ("new", "old"):
+        train(cfg, tmp_path / name, progress=False, stop_at=3)
+    path = list_checkpoints(tmp_path / "old")[-1]
+    state = torch.load(path, weights_only=True)
+    adv = state.pop("terms")["adversarial"]
+    state["discriminators"], state["optimizer_d"] = adv["discriminators"], adv["optimizer"]
+    loss = state["config"]["loss"]
+    loss.update({**state["config"].pop("align"), **state["config"].pop("dictionary")})
+    loss["bf16_matmul"] = {"auto": None, "fp32": False, "bf16": True}[loss.pop("matmul")]
+    torch.save(state, path)
+    for name in ("new", "old"):
+        train(cfg, tmp_path / name, progress=False)
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / n)[-1]) for n in ("new", "old"))
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    da, db = (s["terms"]["adversarial"]["discriminators"] for s in (a, b))
+    for key in da:
+        torch.testing.assert_close(da[key], db[key], rtol=0, atol=0)

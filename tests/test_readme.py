@@ -35,7 +35,7 @@ def test_readme_names_the_two_commands():
 def test_readme_states_the_recorded_demo_numbers():
     """The README's demo sentence is made from docs/results/demo.json (what the demo printed,
     bit for bit; `make numbers` re-runs the demo against that record)."""
-    from tools.numbers import RECORD, readme_is_current, readme_sentence
+    from tools.demo_numbers import RECORD, readme_is_current, readme_sentence
 
     record = json.loads(RECORD.read_text())
     assert readme_is_current(record, README.read_text()) is None, (

@@ -60,8 +60,8 @@ def build_lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:
 
 
 def map_ids(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """``lut[label]``: an 8-bit label through a 256-entry table with OpenCV's LUT (about 14x
-    faster than numpy indexing on a GTA5 label), anything else by indexing."""
+    """``lut[label]``: an 8-bit label through a 256-entry table with OpenCV's LUT (faster than
+    numpy indexing: docs/PERFORMANCE.md, data loading), anything else by indexing."""
     if label.dtype == np.uint8 and lut.shape == (256,) and label.ndim == 2:
         return cv2.LUT(label, lut)
     return lut[label]

@@ -1,9 +1,9 @@
 """Re-make the README's demo numbers and check them (``make numbers``).
 
-    .venv/bin/python tools/numbers.py                  # run the demo (~4 min), compare, exit 1
-                                                       # naming what is stale
-    .venv/bin/python tools/numbers.py --results runs/demo/results.json   # no run: check a result
-    .venv/bin/python tools/numbers.py --write          # run, then record the new numbers
+    .venv/bin/python tools/demo_numbers.py            # run the demo (~4 min), compare; exit 1
+                                                      # naming what is stale
+    .venv/bin/python tools/demo_numbers.py --results runs/demo/results.json  # check a result
+    .venv/bin/python tools/demo_numbers.py --write    # run, then record the new numbers
 
 ``docs/results/demo.json`` records what the demo printed on the development machine with the
 locked environment: every mIoU to the last bit and the hash of the MiniCity data it trained on.
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
-        print("to record this run's numbers: .venv/bin/python tools/numbers.py --results "
+        print("to record this run's numbers: .venv/bin/python tools/demo_numbers.py --results "
               f"{args.results} --write, then put the sentence above in README.md",
               file=sys.stderr)
         return 1
