@@ -86,6 +86,8 @@ METHODS = {
     "AdvEnt (1e-3, ADVENT)": ("advent", ()),
     "ours": ("ours", ()),
     "ours + MinEnt": ("ours_minent", ()),
+    "DACS": ("dacs", ()),
+    "ours + DACS": ("ours_dacs", ()),
 }
 # regime -> (run-name prefix, base, overrides from the branch point on)
 REGIMES = {"a": ("final", "warmup", ()), "b": ("frozen-bn", "warmup", FROZEN),
@@ -159,11 +161,17 @@ GAP = {  # the gap and the premise: from scratch, seeds 1-3
     "gap: target-trained oracle, rerun": Experiment("source_only", ORACLE, branch=None,
                                                     seeds=(1, 2, 3)),
     "pretrained gap: target-trained oracle": Experiment("source_only", ORACLE,
-                                                        "warmup-pretrained", None, seeds=(1, 2, 3)),
+                                                        "warmup-pretrained", None, seeds=SEEDS),
 }
 COLLAPSE = {"collapse": Experiment("ours", ("align.class_restrict=none", "loss.cos=1",
                                             "train.eval_every=50", "train.log_every=10"),
                                    seeds=(0,))}
+
+SELF_TRAINING = ("source-only", "ours", "DACS", "ours + DACS")
+# the switches of ours + DACS chosen on the selection split (seed 0) before seeds 1-5 ran
+ALIGN_SWITCHES = {f"on={on} pseudo={who}": (f"selftrain.align_on={on}",
+                                            f"selftrain.align_pseudo={who}")
+                  for on in ("clean", "mixed") for who in ("student", "teacher")}
 
 # the groups of the plan: each an ordered list of steps (most informative first)
 PLAN: dict[str, list[tuple[str, dict[str, Experiment]]]] = {
@@ -179,6 +187,21 @@ PLAN: dict[str, list[tuple[str, dict[str, Experiment]]]] = {
     # seeds 1-5 planned, 6-10 added after seeing 1-5, 11-15 a confirmation fixed beforehand
     "frozen": [("(b): BatchNorm frozen from the branch point, seeds 1-15",
                 regime("b", NO_CONTROL, seeds=tuple(range(1, 16))))],
+    "selftrain": [
+        ("(c), selection split, seed 0: DACS, and ours + DACS with each alignment switch", {
+            "select-c source-only": Experiment("source_only", (), "select-warmup-pretrained",
+                                               seeds=(0,)),
+            "select-c DACS": Experiment("dacs", (), "select-warmup-pretrained", seeds=(0,)),
+            **{f"select-c ours + DACS {n}": Experiment("ours_dacs", o, "select-warmup-pretrained",
+                                                       seeds=(0,))
+               for n, o in ALIGN_SWITCHES.items()}}),
+        ("(c), photo: source-only, ours, DACS, ours + DACS, seeds 1-5",
+         regime("c", SELF_TRAINING)),
+        ("(c): the target-trained oracle, seeds 1-5",
+         {k: v for k, v in GAP.items() if k.startswith("pretrained")}),
+        ("(c), fog target", regime("c", SELF_TRAINING, target="fog", label="fog ")),
+        ("(c), dusk target", regime("c", SELF_TRAINING, target="dusk", label="dusk ")),
+    ],
     "regimes": [
         ("(c): source-only, the control, MinEnt, ours", regime("c", KEY)),
         ("(c): the target-trained oracle",
@@ -216,6 +239,8 @@ TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str]] = {
         name.startswith("pretrained ") and "frozen" not in name and "gap:" not in name)),
           (), "source_only"),
     "c-frozen": (lambda seed, name: name.startswith("pretrained frozen-bn "), (), "source_only"),
+    "select-c": (lambda seed, name: seed == 0 and name.startswith("select-c "), ("run",),
+                 "source_only [run=select-c source-only]"),
     "fog": (lambda seed, name: name.startswith("fog "), (), "source_only"),
     "dusk": (lambda seed, name: name.startswith("dusk "), (), "source_only"),
 }

@@ -74,7 +74,7 @@ def test_methods_set_loss_weights():
     ours = apply_method(load_config("minicity"), "ours")
     assert ours.loss.cos == load_config("minicity").loss.cos > 0
     with pytest.raises(ConfigError, match="unknown method"):
-        apply_method(load_config("minicity"), "dacs")
+        apply_method(load_config("minicity"), "no_such_method")
 
 
 def test_overrides_win_over_the_method():

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cosalign.config import DATASETS, DEVICES, ConfigError
+from cosalign.engine.checkpoint import WHICH
 from cosalign.methods.table import METHODS
 from cosalign.minicity.styles import TARGET_STYLES
 
@@ -85,7 +86,7 @@ def cmd_eval(args) -> int:
     results = evaluate_checkpoint(
         args.checkpoint, data_root=args.data, split=args.split, size=args.size, tta=_tta(args),
         save_predictions=args.save_predictions, out=args.out,
-        device=distributed.setup(args.device), progress=not args.quiet)
+        device=distributed.setup(args.device), progress=not args.quiet, which=args.model)
     print(f"{results['images']} images, {results['protocol']}")
     for subset in results["miou"]:
         print(format_table({"IoU (%)": results}, subset) + "\n")
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val")
     e.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="network input size")
     e.add_argument("--save-predictions", type=Path, metavar="DIR")
+    e.add_argument("--model", default="student", choices=WHICH,
+                   help="a self-training run's student (default, as DACS and DAFormer report) "
+                   "or its EMA teacher")
     e.add_argument("--out", type=Path, help="results path without suffix (.json and .md)")
     e.add_argument("--quiet", action="store_true")
     _add_device(e)

@@ -35,6 +35,10 @@ ENQUEUES = ("pixels", "mean")
 MATMULS = ("auto", "bf16", "fp32")
 AMPS = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
+TEACHER_MODES = ("train", "eval")
+MIX_CLASSES = ("image", "batch")
+ALIGN_ON = ("clean", "mixed")
+ALIGN_PSEUDO = ("student", "teacher")
 
 
 class ConfigError(ValueError):
@@ -97,6 +101,7 @@ class LossConfig:
     ent_aux: float = 0.0
     adv: float = 0.0  # AdvEnt, main head
     adv_aux: float = 0.0
+    st: float = 0.0  # self-training: the pseudo-labelled, class-mixed image (DACS)
     # the BatchNorm control: target batches go through the network in train mode (BatchNorm
     # statistics move toward the target, as under every adaptation loss), with no loss
     target_bn: bool = False
@@ -126,6 +131,28 @@ class DictionaryConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """Self-training (methods/self_training.py, docs/METHOD.md section 10): an EMA teacher's
+    confident pseudo-labels on class-mixed images (DACS, DAFormer)."""
+
+    alpha: float = 0.999  # EMA of the student's parameters (DAFormer; DACS 0.99)
+    teacher: str = choice("train", TEACHER_MODES)  # train: batch statistics (DACS, DAFormer)
+    threshold: float = 0.968  # max probability that counts a pixel as confident
+    ignore_top: float = 0.0  # fraction of rows whose pseudo-labels weigh 0 (DAFormer 15/512)
+    ignore_bottom: float = 0.0  # (DAFormer 120/512)
+    mix: str = choice("image", MIX_CLASSES)  # half of the classes of each source image (DACS)
+    # or of the whole source batch (DAFormer)
+    jitter: float = 0.2  # colour jitter strength on the mixed image (DAFormer; DACS 0.25)
+    jitter_p: float = 0.8
+    blur_p: float = 0.5  # Gaussian blur, sigma U(0.15, 1.15)
+    # ours_dacs: which target features the alignment sees (the clean target image through the
+    # student, or the target-origin positions of the mixed image), and whose predictions
+    # restrict its classes under align.class_restrict=pseudo
+    align_on: str = choice("clean", ALIGN_ON)
+    align_pseudo: str = choice("student", ALIGN_PSEUDO)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 2.5e-4
     momentum: float = 0.9
@@ -134,6 +161,7 @@ class OptimConfig:
     schedule_iters: int = 250_000
     head_lr_mult: float = 10.0
     lr_d: float = 1e-4  # AdvEnt discriminator (Adam, betas 0.9, 0.99)
+    warmup_iters: int = 0  # linear warm-up from lr 1e-6 x lr over these iterations (DAFormer 1500)
 
 
 @dataclass
@@ -157,6 +185,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     dictionary: DictionaryConfig = field(default_factory=DictionaryConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -265,11 +294,14 @@ def resolve_preset(name_or_path: str) -> Path:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None,
-                method: dict | None = None) -> Config:
+                method: dict | None = None, method_name: str | None = None) -> Config:
     """Defaults, then the YAML file (or preset name), then ``method``'s ``{key: value}``
-    (:func:`cosalign.methods.method_config` passes a method's weights), then ``key=value``
-    overrides (so ``--set loss.ent=0.01`` wins over ``--method minent``)."""
+    (:func:`cosalign.methods.method_config` passes a method's weights), then the file's own
+    settings for that method (its ``methods: {<method_name>: {...}}`` section, e.g. DACS's batch
+    and crops in the paper presets), then ``key=value`` overrides (so ``--set loss.ent=0.01``
+    wins over ``--method minent``)."""
     cfg = Config()
+    per_method: dict = {}
     if path is not None:
         file = resolve_preset(path)
         try:
@@ -278,16 +310,22 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
             raise ConfigError(f"{file}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: expected a mapping of config sections")
-        for key, value in flatten(data).items():
-            try:
-                set_key(cfg, key, value)
-            except ConfigError as e:
-                raise ConfigError(f"{file}: {e}") from None
+        per_method = data.pop("methods", None) or {}
+        if not isinstance(per_method, dict):
+            raise ConfigError(f"{file}: methods: expected a mapping of method names to settings")
+        for section in (data, *per_method.values()):  # every method's section, checked now
+            for key, value in flatten(section if isinstance(section, dict) else {"": 0}).items():
+                try:
+                    set_key(cfg if section is data else Config(), key, value)
+                except ConfigError as e:
+                    raise ConfigError(f"{file}: {e}") from None
     for key, value in (method or {}).items():
+        set_key(cfg, key, value)
+    for key, value in flatten(per_method.get(method_name) or {}).items():
         set_key(cfg, key, value)
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.tau=0.6")
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. align.tau=0.6")
         key, text = item.split("=", 1)
         set_key(cfg, key.strip(), yaml.safe_load(text))
     return cfg

@@ -101,15 +101,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_trained(path: str | Path, device: torch.device | str = "cpu"):
+WHICH = ("student", "teacher")  # the network a checkpoint is evaluated with
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu", which: str = "student"):
     """``(model, config, checkpoint path)``: the network of a cosalign checkpoint (or of a run
     folder's newest), on ``device``, in eval mode, and the config it was trained with. Used by
-    eval, predict, viz, the demo and the benchmarks."""
+    eval, predict, viz, the demo and the benchmarks. ``which="teacher"``: the EMA teacher of a
+    self-training run instead of the student."""
     path = resolve_checkpoint(path)
     state = load_checkpoint(path, map_location=device)
     cfg = from_dict(state["config"])
     model = build_model(cfg.model, NUM_CLASSES)
-    model.load_state_dict(state["model"])
+    weights = state["model"]
+    if which == "teacher":
+        teacher = term_states(state).get("self_training")
+        if teacher is None:
+            raise CheckpointError(f"{path}: no teacher in this checkpoint (it is not a "
+                                  "self-training run); evaluate the student")
+        weights = teacher["teacher"]
+    model.load_state_dict(weights)
     return model.to(device).eval(), cfg, path
 
 

@@ -156,11 +156,12 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
                         split: str = "val", size: tuple[int, int] | None = None,
                         tta: TTA = TTA(), save_predictions: Path | None = None,
                         out: Path | None = None, device: torch.device | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, which: str = "student") -> dict:
     """Evaluate a checkpoint (or a run folder's newest) on the val split of its config (or of
-    ``data_root``); writes ``<out>.json`` and ``<out>.md`` (default: next to the checkpoint)."""
+    ``data_root``); writes ``<out>.json`` and ``<out>.md`` (default: next to the checkpoint).
+    ``which="teacher"`` evaluates a self-training run's EMA teacher."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, checkpoint = load_trained(checkpoint, device)
+    model, cfg, checkpoint = load_trained(checkpoint, device, which)
     val_cfg = cfg.data.val
     if data_root is not None:
         val_cfg = replace(val_cfg, root=str(data_root), list_file=None)
@@ -182,13 +183,15 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
     results.update({"checkpoint": str(checkpoint), "dataset": val_cfg.root, "split": split,
                     "images": len(dataset), "input_size": val_cfg.size,
                     "align_corners": tta.align_corners, "protocol": tta.describe(),
+                    "model": which,
                     "confusion": cm.tolist()})
-    out = Path(out) if out else Path(checkpoint).with_name(f"eval_{split}")
+    suffix = "" if which == "student" else f"_{which}"
+    out = Path(out) if out else Path(checkpoint).with_name(f"eval_{split}{suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     tables = "\n\n".join(format_table({Path(checkpoint).parent.name: results}, s) for s in subsets)
     out.with_suffix(".md").write_text(
-        f"# {checkpoint} on {val_cfg.root} ({split}, {len(dataset)} images)\n\n"
+        f"# {checkpoint} ({which}) on {val_cfg.root} ({split}, {len(dataset)} images)\n\n"
         f"Input {val_cfg.size}, logits upsampled bilinearly (align_corners={tta.align_corners}) "
         f"to label resolution; {tta.describe()}. Headline: {subsets[0]}.\n\n{tables}\n")
     return results

@@ -13,8 +13,11 @@ import torch
 from cosalign.config import ConfigError
 
 
-def poly_lr(base: float, it: int, total: int, power: float) -> float:
-    """base * (1 - it / total) ** power, 0 after ``total``."""
+def poly_lr(base: float, it: int, total: int, power: float, warmup: int = 0) -> float:
+    """base * (1 - it / total) ** power, 0 after ``total``; during the first ``warmup``
+    iterations a linear ramp from 1e-6 x base instead (DAFormer's warm-up)."""
+    if it < warmup:
+        return base * (1e-6 + (1 - 1e-6) * it / warmup)
     return base * max(0.0, 1.0 - it / total) ** power
 
 

@@ -111,21 +111,25 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
               "seg_aux": F.cross_entropy(pred_s_aux, y_s, ignore_index=IGNORE_INDEX)}
     _check(it, logged)
     scaler.scale(logged["seg"] + aux * logged["seg_aux"]).backward()
-    step = Step(it, x_t, y_s, out_s.features.detach(), pred_s, pred_s_aux, dictionary, diagnose)
+    step = Step(it=it, model=model, x_s=x_s, y_s=y_s, x_t=x_t, f_s=out_s.features.detach(),
+                pred_s=pred_s, pred_s_aux=pred_s_aux, dictionary=dictionary, autocast=autocast,
+                diagnose=diagnose)
 
-    # 2. target: one pass shared by the active terms, their weighted losses in one backward
+    # 2. target: the student's clean target pass when a term reads it, then every active
+    # term's losses, weighted and summed into one backward
     active = [t for t in terms if t.active(it)]
-    if active:
-        with torch.set_grad_enabled(any(t.grad for t in active)), autocast():
+    readers = [t for t in active if t.needs_target]
+    if readers:
+        with torch.set_grad_enabled(any(t.grad for t in readers)), autocast():
             step.out_t = model(x_t)
-        losses, weights = {}, {}
-        for term in active:
-            losses.update(term.losses(step))
-            weights.update(term.weight)
-        if losses:
-            _check(it, losses)
-            scaler.scale(sum(weights[k] * v for k, v in losses.items())).backward()
-            logged.update(losses)
+    losses, weights = {}, {}
+    for term in active:
+        losses.update(term.losses(step))
+        weights.update(term.weight)
+    if losses:
+        _check(it, losses)
+        scaler.scale(sum(weights[k] * v for k, v in losses.items())).backward()
+        logged.update(losses)
     scaler.step(opt)
     scaler.update()
 
@@ -197,7 +201,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     d = cfg.dictionary
     dictionary = ClassFeatureDictionary(NUM_CLASSES, d.capacity, model.feature_dim,
                                         d.per_image, d.enqueue).to(device)
-    terms = build_terms(cfg, NUM_CLASSES, device)
+    terms = build_terms(cfg, NUM_CLASSES, device, model)
     o = cfg.optim
     opt = torch.optim.SGD(model.param_groups(o.lr, o.head_lr_mult), lr=o.lr, momentum=o.momentum,
                           weight_decay=o.weight_decay)
@@ -247,7 +251,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
                disable=not (progress and main), dynamic_ncols=True)
     t0 = time.perf_counter()
     for it in bar:
-        lr = poly_lr(o.lr, it, o.schedule_iters, o.power)
+        lr = poly_lr(o.lr, it, o.schedule_iters, o.power, o.warmup_iters)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_mult"]
         diagnose = (it + 1) % t.log_every == 0

@@ -4,6 +4,7 @@ features of the class-wise dictionary (losses/cosine.py, losses/dictionary.py)."
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from cosalign.config import Config
@@ -19,7 +20,10 @@ class CosineAlignment(Term):
     dictionary's entries (``align.reference=dictionary``) or this batch's labelled source
     features (``batch``); with ``align.class_restrict=pseudo`` a position is compared only with
     entries of its predicted class. Applied from ``align.start_iter`` on. Logs ``cos`` and the
-    share of selected pairs; on logging steps the feature diagnostics too."""
+    share of selected pairs; on logging steps the feature diagnostics too. On top of
+    self-training (``loss.st > 0``), ``selftrain.align_on=mixed`` aligns the target-origin
+    positions of the mixed batch instead of a pass over the clean target batch, and
+    ``selftrain.align_pseudo=teacher`` restricts classes by the teacher's predictions."""
 
     name = "alignment"
     weights = ("cos",)
@@ -27,6 +31,10 @@ class CosineAlignment(Term):
     def __init__(self, cfg: Config, num_classes: int, device: torch.device) -> None:
         super().__init__(cfg, num_classes, device)
         self.cfg = cfg.align
+        with_st = cfg.loss.st > 0  # on top of self-training: its switches apply
+        self.on = cfg.selftrain.align_on if with_st else "clean"
+        self.teacher_pseudo = with_st and cfg.selftrain.align_pseudo == "teacher"
+        self.needs_target = self.on == "clean"
 
     def active(self, it: int) -> bool:
         return it >= self.cfg.start_iter
@@ -37,11 +45,20 @@ class CosineAlignment(Term):
             ref, ref_cls = step.dictionary.reference()
         else:
             ref, ref_cls = labelled_features(step.f_s, step.y_s)
-        pseudo = step.out_t.logits.argmax(1) if c.class_restrict == "pseudo" else None
-        out = cosine_alignment(step.out_t.features, ref, tau=c.tau, match=c.match,
+        out_t = step.mixed if self.on == "mixed" else step.out_t
+        features = out_t.features
+        pseudo = None
+        if c.class_restrict == "pseudo":
+            pseudo = (step.teacher_logits if self.teacher_pseudo else out_t.logits).argmax(1)
+        if self.on == "mixed":  # only the target-origin positions of the mixed batch
+            keep = F.interpolate(step.mixed_target[:, None].float(), features.shape[-2:],
+                                 mode="nearest")[:, 0].bool()
+            features = features.permute(0, 2, 3, 1)[keep].T[None, :, None]  # (1, C, 1, n)
+            pseudo = None if pseudo is None else pseudo[keep][None, None]
+        out = cosine_alignment(features, ref, tau=c.tau, match=c.match,
                                ref_cls=None if pseudo is None else ref_cls, pseudo=pseudo,
                                matmul_dtype=MATMUL_DTYPES[c.matmul])
         step.stats["selected"] = out.selected / max(out.pairs, 1)  # a tensor: no wait here
-        if step.diagnose:
-            step.stats.update(feature_stats(step.out_t.features, ref))
+        if step.diagnose and features.shape[-1] * features.shape[-2] > 1:
+            step.stats.update(feature_stats(features, ref))
         return {"cos": out.loss}

@@ -1,14 +1,17 @@
 """What a method is made of: target-side terms, and the step they see.
 
 A :class:`Term` is one part with one job (an adaptation loss, or the BatchNorm control's
-target pass). The training step (engine/train.py ``train_step``) runs the source pass, then
-every active term of the run in the fixed order of ``methods.table.TERMS``, sums their
+target pass). The training step (engine/train.py ``train_step``) runs the source pass, the
+student's pass over the clean target batch when an active term needs it, then every active
+term of the run in the fixed order of ``methods.table.TERMS``, sums their
 weighted losses into one backward pass, steps the optimizer, calls each term's
 :meth:`Term.after_step` (e.g. the discriminators' own update), and updates the dictionary.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,20 +24,31 @@ from cosalign.engine.upsample import upsample_logits
 
 @dataclass
 class Step:
-    """What the terms of one iteration see. Shapes: ``x_t`` (B, 3, H, W); ``y_s`` (B, H, W);
-    ``f_s`` (B, C, h, w) detached source features; ``pred_s``/``pred_s_aux`` (B, K, H, W)
-    source logits at label resolution; ``out_t`` the target forward (features, logits, aux at
-    output stride), set by the step before the terms run."""
+    """What the terms of one iteration see. Shapes: ``x_s`` (B, 3, H_s, W_s), ``y_s``
+    (B, H_s, W_s) the source batch; ``x_t`` (B, 3, H, W) the target batch; ``f_s``
+    (B, C, h, w) detached source features; ``pred_s``/``pred_s_aux`` (B, K, H_s, W_s) source
+    logits at label resolution; ``out_t`` the student's pass over the clean target batch
+    (features, logits, aux at output stride), set by the step before the terms run when a term
+    needs it; ``model`` the student (DDP-wrapped under torchrun); ``autocast`` a factory of the
+    run's autocast context. Self-training adds ``mixed`` (the student's pass over the mixed
+    batch), ``mixed_target`` (B, H, W) True at target-origin pixels, and ``teacher_logits``
+    (B, K, h, w)."""
 
     it: int
-    x_t: Tensor
+    model: Any
+    x_s: Tensor
     y_s: Tensor
+    x_t: Tensor
     f_s: Tensor
     pred_s: Tensor
     pred_s_aux: Tensor
     dictionary: Any  # losses.ClassFeatureDictionary
+    autocast: Callable = contextlib.nullcontext
     diagnose: bool = False  # a logging step: terms may add diagnostics to ``stats``
     out_t: Any = None
+    mixed: Any = None
+    mixed_target: Tensor | None = None
+    teacher_logits: Tensor | None = None
     stats: dict = field(default_factory=dict)
     _pred_t: dict = field(default_factory=dict)
 
@@ -57,9 +71,14 @@ class Term:
     name: ClassVar[str]
     weights: ClassVar[tuple[str, ...]]
     grad: ClassVar[bool] = True  # False: the target pass runs without autograd for this term
+    needs_target: bool = True  # whether it reads ``out_t``, the student's clean target pass
 
     def __init__(self, cfg: Config, num_classes: int, device: torch.device) -> None:
         self.weight = {k: float(getattr(cfg.loss, k)) for k in self.weights}
+
+    def setup(self, model: torch.nn.Module) -> None:
+        """Called once with the student (not DDP-wrapped), its weights loaded, before a resume
+        loads the term's state."""
 
     @classmethod
     def enabled(cls, loss: LossConfig) -> bool:

@@ -22,10 +22,12 @@ from cosalign.methods.alignment import CosineAlignment
 from cosalign.methods.base import Term
 from cosalign.methods.batchnorm import TargetBatchNorm
 from cosalign.methods.entropy import Entropy
+from cosalign.methods.self_training import SelfTraining
 
-# every part, in the order the step runs them (the order of the summed losses too)
-TERMS: dict[str, type[Term]] = {t.name: t for t in (Entropy, CosineAlignment, Adversarial,
-                                                    TargetBatchNorm)}
+# every part, in the order the step runs them (the order of the summed losses too);
+# self-training first: the alignment may read its mixed pass
+TERMS: dict[str, type[Term]] = {t.name: t for t in (SelfTraining, Entropy, CosineAlignment,
+                                                    Adversarial, TargetBatchNorm)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ register_method("ours_minent", ("alignment", "entropy"),
                 {"cos": None, "ent": 1e-3, "ent_aux": 2e-4}, about="ours + MinEnt")
 register_method("ours_advent", ("alignment", "adversarial"),
                 {"cos": None, "adv": 1e-3, "adv_aux": 2e-4}, about="ours + AdvEnt")
+register_method("dacs", ("self_training",), {"st": 1.0},
+                about="self-training: EMA teacher, ClassMix, confidence-weighted pseudo-labels")
+register_method("ours_dacs", ("self_training", "alignment"), {"st": 1.0, "cos": None},
+                about="the cosine alignment on top of self-training")
 
 
 def method_weights(name: str) -> dict[str, float | bool]:
@@ -89,7 +95,7 @@ def method_config(path: str | None = None, overrides: list[str] | None = None,
     file and the overrides (``--set loss.ent=0.01`` wins over ``--method minent``)."""
     if method is None:
         return load_config(path, overrides)
-    cfg = load_config(path, overrides, method_weights(method))
+    cfg = load_config(path, overrides, method_weights(method), method)
     for key, value in METHODS[method].weights.items():
         if value is None and not getattr(cfg.loss, key) > 0:
             raise ConfigError(f"method {method!r} needs loss.{key} > 0 (the preset's or --set)")
@@ -111,8 +117,14 @@ def enabled_terms(cfg: Config) -> list[str]:
     return [name for name, term in TERMS.items() if term.enabled(cfg.loss)]
 
 
-def build_terms(cfg: Config, num_classes: int, device: torch.device) -> list[Term]:
-    return [TERMS[name](cfg, num_classes, device) for name in enabled_terms(cfg)]
+def build_terms(cfg: Config, num_classes: int, device: torch.device,
+                model: torch.nn.Module | None = None) -> list[Term]:
+    """The run's parts, set up with the student ``model`` when given (self-training copies it
+    into its teacher; the others do not need it)."""
+    terms = [TERMS[name](cfg, num_classes, device) for name in enabled_terms(cfg)]
+    for term in terms if model is not None else []:
+        term.setup(model)
+    return terms
 
 
 def method_name(cfg: Config) -> str:
