@@ -9,8 +9,8 @@ Sections (``--sections`` picks some; all by default), each a table in OUT/gpu_ch
 - tests: the test suite with ``COSALIGN_TEST_DEVICE`` set to the device (its summary line);
 - step: one ``train_step`` at paper size (source 1280x720, target 1024x512, batch 1 + 1,
   DeepLab-v2 ResNet-101, a full dictionary of 19 x 1000 entries) for source-only, MinEnt,
-  AdvEnt, ours and ours+MinEnt, fp32 and bf16 autocast: s/step, ratio to source-only, peak GPU
-  memory;
+  AdvEnt, ours, ours+MinEnt, DACS and ours+DACS, fp32 and bf16 autocast: s/step, ratio to
+  source-only, peak GPU memory;
 - loss: the cosine loss alone (N = 8385 positions, C = 2048), efficient vs plain autograd,
   Q = 100 and 1000, both match modes, fp32 and bf16 products: ms, ratio to the matrix-multiply
   roofline (FLOPs / the fp32 or bf16 product rate measured in this run), extra memory;
@@ -59,7 +59,7 @@ from cosalign.losses.cosine import cosine_alignment, cosine_alignment_plain  # n
 from cosalign.methods import apply_method, build_terms  # noqa: E402
 from cosalign.models import build_model  # noqa: E402
 
-STEP_METHODS = ("source_only", "minent", "advent", "ours", "ours_minent")
+STEP_METHODS = ("source_only", "minent", "advent", "ours", "ours_minent", "dacs", "ours_dacs")
 
 
 def sync(device: torch.device) -> None:
@@ -149,7 +149,8 @@ def section_step(args, device) -> tuple[str, bool]:
         for method in STEP_METHODS:
             cfg = apply_method(copy.deepcopy(base), method)
             opt = torch.optim.SGD(model.param_groups(1e-6), lr=1e-6, momentum=0.9)
-            parts = build_terms(cfg, 19, device)  # AdvEnt: discriminators and their optimizer
+            # AdvEnt: discriminators and their optimizer; self-training: the teacher
+            parts = build_terms(cfg, 19, device, model)
             reset_peak(device)
             step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
                                      {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,

@@ -9,6 +9,9 @@
    write ``results.json``, ``figure.png`` (target image, ground truth, each run), and
    ``features.png`` and ``similarity.png`` (source-only against ours, as ``cosalign viz``).
 
+``--methods`` runs another set the same way, e.g. ``source_only,dacs,ours_dacs``: self-training
+and the alignment on top of it (docs/METHOD.md section 10).
+
 The control ("target_bn") sends the target batches through the network in train mode with no
 loss: in this regime BatchNorm's statistics still follow the batches (as in the paper preset),
 so the control gets what any adaptation method gets from the target batches' statistics alone.
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import to_dict
+from cosalign.config import ConfigError, to_dict
 from cosalign.data import build_dataset
 from cosalign.data.transforms import denormalize
 from cosalign.engine.checkpoint import list_checkpoints, load_trained
@@ -67,31 +70,42 @@ def _predict(run_dir: Path, samples: list[dict]) -> list[np.ndarray]:
     return out
 
 
+DISPLAY = {"source_only": "source-only", "target_bn": CONTROL, "minent": "MinEnt",
+           "advent": "AdvEnt", "ours": "ours", "ours_minent": "ours + MinEnt",
+           "ours_advent": "ours + AdvEnt", "dacs": "DACS", "ours_dacs": "ours + DACS"}
+DEFAULT_METHODS = ("source_only", "target_bn", "ours")
+
+
 def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs/demo",
              overrides: list[str] | None = None, progress: bool = True,
-             spec: MiniCitySpec = MiniCitySpec()) -> dict:
+             spec: MiniCitySpec = MiniCitySpec(),
+             methods: tuple[str, ...] = DEFAULT_METHODS) -> dict:
+    """``methods``: source-only first, the method to show last (its gains are the headline),
+    baselines between; e.g. ``("source_only", "dacs", "ours_dacs")``."""
+    if not methods or methods[0] != "source_only" or len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods: expected source_only first, then other methods once "
+                          f"each, got {','.join(methods)}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     make_minicity(Path(data_dir), spec, progress=progress)
     t_data = time.perf_counter() - t0
     overrides = [*REGIME, *(overrides or [])]
     cfg = minicity_config(data_dir, overrides)
-    runs = {"source-only": minicity_config(data_dir, overrides, "source_only"),
-            CONTROL: minicity_config(data_dir, overrides, "target_bn"),
-            "ours": minicity_config(data_dir, overrides, "ours")}
-    dirs = {"source-only": out_dir / "source_only", CONTROL: out_dir / "target_bn",
-            "ours": out_dir / "ours"}
+    names = {m: DISPLAY.get(m, m) for m in methods}
+    runs = {names[m]: minicity_config(data_dir, overrides, m) for m in methods}
+    dirs = {names[m]: out_dir / m for m in methods}
     for d in dirs.values():  # a fresh demo each time
         shutil.rmtree(d, ignore_errors=True)
 
+    base, shown = names["source_only"], names[methods[-1]]
     warmup = cfg.align.start_iter
     if warmup > 0:
         print(f"source-only warm-up: {warmup} iterations (shared by all runs), from "
               f"model.weights={cfg.model.weights}, model.bn={cfg.model.bn}")
-        train(runs["source-only"], dirs["source-only"], progress, stop_at=warmup)
-        for name in (CONTROL, "ours"):
+        train(runs[base], dirs[base], progress, stop_at=warmup)
+        for name in list(runs)[1:]:
             dirs[name].mkdir(parents=True)
-            shutil.copy(list_checkpoints(dirs["source-only"])[-1], dirs[name])
+            shutil.copy(list_checkpoints(dirs[base])[-1], dirs[name])
     results, seconds = {}, {}
     for name, run_cfg in runs.items():
         t = time.perf_counter()
@@ -101,13 +115,16 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
     subset = cfg.data.classes
     table = format_table(results, subset)
     miou = {name: r["miou"][subset] for name, r in results.items()}
-    gain = miou["ours"] - miou["source-only"]
-    own = miou["ours"] - miou[CONTROL]
-    print("\nMiniCity target val, per-class IoU (%):\n" + table)
-    print(f"\ngain of ours over source-only: {gain:+.1f} mIoU; over the BatchNorm control: "
-          f"{own:+.1f} (the control sends the target batches through BatchNorm with no loss, "
-          f"and gains {miou[CONTROL] - miou['source-only']:+.1f} by that alone; one seed: "
-          "docs/results/minicity.md has seeds and intervals)")
+    gain = miou[shown] - miou[base]
+    own = miou[shown] - miou[CONTROL] if CONTROL in miou else None
+    print("\nMiniCity target val, per-class IoU (%):\n" + table + "\n")
+    for name in list(runs)[1:]:
+        print(f"gain of {name} over source-only: {miou[name] - miou[base]:+.1f} mIoU")
+    if own is not None:
+        print(f"gain of {shown} over the BatchNorm control: {own:+.1f} (the control sends the "
+              f"target batches through BatchNorm with no loss, and gains "
+              f"{miou[CONTROL] - miou[base]:+.1f} by that alone)")
+    print("one seed: docs/results/minicity.md has seeds and intervals")
     for name, r in results.items():
         p = r.get("premise", {})
         if p:
@@ -124,18 +141,21 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
         rows.append({"target image": denormalize(s["image"]), "ground truth": label,
                      **{f"{name} ({results[name]['miou'][subset]:.1f})": preds[name][i]
                         for name in runs}})
-    comparison_figure(rows, out_dir / "figure.png", f"MiniCity: ours {gain:+.1f} mIoU over "
-                      f"source-only, {own:+.1f} over the BatchNorm control")
-    run_viz([list_checkpoints(dirs[name])[-1] for name in ("source-only", "ours")], out_dir)
+    title = f"MiniCity: {shown} {gain:+.1f} mIoU over source-only"
+    if own is not None:
+        title += f", {own:+.1f} over the BatchNorm control"
+    comparison_figure(rows, out_dir / "figure.png", title)
+    run_viz([list_checkpoints(dirs[name])[-1] for name in (base, shown)], out_dir)
     total = time.perf_counter() - t0
     summary = {
-        "miou": miou, "gain": gain, "gain_over_control": own, "class_subset": subset,
+        "methods": list(methods), "miou": miou, "gain": gain, "gain_over_control": own,
+        "class_subset": subset,
         "iou": {name: r["iou"] for name, r in results.items()},
         "premise": {name: r.get("premise", {}) for name, r in results.items()},
         "seconds": {"data": t_data, **seconds, "total": total},
         "environment": environment(),
         "minicity_content_sha256": content_hash(data_dir),
-        "config": to_dict(runs["ours"]),
+        "config": to_dict(runs[shown]),
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {out_dir / 'results.json'}, {out_dir / 'figure.png'}, and "

@@ -1,0 +1,254 @@
+"""Self-training (dacs, ours_dacs): the mixing and augmentation against naive computations, the
+EMA rule, the pseudo-label weight, training, resume, the teacher under torchrun, eval --model."""
+
+import copy
+import json
+import math
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from cosalign.cli import main
+from cosalign.data.transforms import denormalize, normalize
+from cosalign.engine import distributed
+from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
+from cosalign.engine.logger import read_metrics
+from cosalign.engine.train import batches, train, train_step
+from cosalign.losses import ClassFeatureDictionary
+from cosalign.methods import apply_method, build_terms
+from cosalign.methods.base import Step
+from cosalign.methods.mixing import (
+    class_mix_masks,
+    colour_jitter,
+    from_unit_rgb,
+    gaussian_blur,
+    random_crop_like,
+    to_unit_rgb,
+)
+from cosalign.methods.self_training import SelfTraining
+from cosalign.models import build_model
+from tests.test_distributed import _ddp_device, _env, _free_port
+
+
+def test_class_mix_takes_half_of_each_images_classes():
+    torch.manual_seed(0)
+    labels = torch.tensor([[[0, 0, 1, 2], [3, 3, 255, 2]],   # 5 classes with 255: 3 chosen
+                           [[5, 5, 5, 5], [6, 6, 6, 6]]])     # 2 classes: 1 chosen
+    for _ in range(20):
+        masks = class_mix_masks(labels, "image")
+        for y, m in zip(labels, masks):
+            classes = torch.unique(y)
+            chosen = torch.unique(y[m])
+            assert len(chosen) == math.ceil(len(classes) / 2)
+            assert torch.equal(m, torch.isin(y, chosen))  # every pixel of a chosen class
+
+
+def test_class_mix_per_batch_draws_half_of_the_batchs_classes_for_each_image():
+    """DAFormer: each image gets its own draw of half the classes of the whole batch, so an
+    image can get none of its own."""
+    labels = torch.tensor([[[0, 1]], [[2, 3]]])
+    batch_classes = torch.tensor([0, 1, 2, 3])
+    seen_empty = False
+    for seed in range(20):
+        torch.manual_seed(seed)
+        masks = class_mix_masks(labels, "batch")
+        torch.manual_seed(seed)
+        for y, m in zip(labels, masks):
+            chosen = batch_classes[torch.randperm(4)[:2]]
+            assert torch.equal(m, torch.isin(y, chosen))
+            seen_empty |= not m.any()
+    assert seen_empty
+
+
+@pytest.mark.parametrize("mode", ["caffe", "imagenet"])
+def test_unit_rgb_inverts_the_normalization(mode):
+    image = np.random.default_rng(0).integers(0, 256, (6, 5, 3)).astype(np.uint8)
+    x = normalize(image, mode)[None]
+    rgb = to_unit_rgb(x, mode)
+    np.testing.assert_allclose(rgb[0].permute(1, 2, 0).numpy() * 255, image, atol=1e-3)
+    torch.testing.assert_close(from_unit_rgb(rgb, mode), x, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(denormalize(x[0], mode), image, atol=1)
+
+
+def test_colour_jitter_identities_and_range():
+    rgb = torch.rand(3, 3, 8, 8)
+    torch.testing.assert_close(colour_jitter(rgb, 0.5, p=0.0), rgb)
+    torch.testing.assert_close(colour_jitter(rgb, 0.0, p=1.0), rgb, atol=1e-5, rtol=0)
+    gray = torch.full((2, 3, 4, 4), 0.4)
+    out = colour_jitter(gray, 0.3, p=1.0)  # a gray image stays gray (saturation, hue)
+    torch.testing.assert_close(out[:, 0], out[:, 1], atol=1e-5, rtol=0)
+    strong = colour_jitter(torch.rand(4, 3, 8, 8), 0.9, p=1.0)
+    assert strong.min() >= 0 and strong.max() <= 1
+
+
+def test_gaussian_blur_equals_a_naive_convolution():
+    rgb = torch.rand(1, 3, 20, 17)
+    torch.manual_seed(5)
+    draws = torch.rand(2)
+    torch.manual_seed(5)
+    out = gaussian_blur(rgb, p=1.0)
+    sigma = 0.15 + float(draws[1])
+    k = math.ceil(0.1 * 20)
+    k += 1 - k % 2
+    x = np.arange(k) - k // 2
+    w = np.exp(-(x**2) / (2 * sigma**2))
+    w /= w.sum()
+    kernel = np.outer(w, w)
+    pad = k // 2
+    img = np.pad(rgb[0].numpy(), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    ref = np.zeros((3, 20, 17))
+    for c in range(3):
+        for i in range(20):
+            for j in range(17):
+                ref[c, i, j] = (img[c, i:i + k, j:j + k] * kernel).sum()
+    np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-5)
+    assert gaussian_blur(rgb, p=0.0) is rgb
+
+
+def test_random_crop_keeps_image_and_label_aligned():
+    x = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).view(2, 3, 6, 5)
+    y = x[:, 0].long()
+    cx, cy = random_crop_like(x, y, (4, 5))
+    assert cx.shape[-2:] == (4, 5) and torch.equal(cx[:, 0].long(), cy)
+    with pytest.raises(ValueError, match="at least as large"):
+        random_crop_like(x, y, (7, 5))
+
+
+class _Out(NamedTuple):
+    logits: torch.Tensor
+    aux: torch.Tensor
+    features: torch.Tensor
+
+
+class _Fixed(torch.nn.Module):
+    """A 'teacher' that outputs the given logits whatever its input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return _Out(self.logits, self.logits, self.logits)
+
+
+def test_pseudo_label_weight_is_the_share_of_confident_pixels(tiny_config):
+    cfg = apply_method(copy.deepcopy(tiny_config), "dacs")
+    cfg.selftrain.ignore_top, cfg.selftrain.ignore_bottom = 0.25, 0.25
+    term = SelfTraining(cfg, 3, torch.device("cpu"))
+    term.setup(torch.nn.Linear(1, 1))
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[0, 1, :, :2] = 10.0  # half the pixels are class 1 with p ~ 1; the rest uniform
+    term.teacher = _Fixed(logits)
+    x_t = torch.zeros(1, 3, 8, 8)
+    step = Step(it=0, model=None, x_s=x_t, y_s=None, x_t=x_t, f_s=None, pred_s=None,
+                pred_s_aux=None, dictionary=None)
+    pseudo, weight, _ = term._pseudo_labels(step)
+    # upsampled bilinearly (align_corners) to 8 columns at x = 3j/7: the class-1 logit is
+    # 10, 10, 10, 7.1, 2.9, 0, 0, 0, so p(1) = e^l / (e^l + 2) >= 0.968 in columns 0-3 only
+    assert float(step.stats["pseudo_weight"]) == pytest.approx(0.5)
+    assert (weight[0, :2] == 0).all() and (weight[0, 6:] == 0).all()  # the ignored bands
+    assert torch.allclose(weight[0, 2:6], torch.tensor(0.5))
+    assert (pseudo[0, :, :4] == 1).all()
+
+
+def test_teacher_is_an_ema_of_parameters_not_buffers(tiny_config):
+    cfg = apply_method(copy.deepcopy(tiny_config), "dacs")
+    cfg.selftrain.alpha = 0.9
+    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    term = SelfTraining(cfg, 2, torch.device("cpu"))
+    term.setup(student)
+    step = Step(it=7, model=None, x_s=None, y_s=None, x_t=None, f_s=None, pred_s=None,
+                pred_s_aux=None, dictionary=None)
+    term.before_step(7)  # t counts from here
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+        student[1].running_mean.add_(5.0)
+    term.after_step(step)  # t = 0: a_0 = 0, the teacher becomes the student
+    torch.testing.assert_close(term.teacher[0].weight, student[0].weight, rtol=0, atol=0)
+    assert torch.equal(term.teacher[1].running_mean, torch.zeros(2))  # buffers stay
+    before = term.teacher[0].weight.clone()
+    with torch.no_grad():
+        student[0].weight.add_(2.0)
+    step.it = 8  # t = 1: a_1 = min(1 - 1/2, 0.9) = 0.5
+    term.after_step(step)
+    torch.testing.assert_close(term.teacher[0].weight, 0.5 * before + 0.5 * student[0].weight)
+    step.it = 100  # t = 93: a = min(1 - 1/94, 0.9) = 0.9
+    before = term.teacher[0].weight.clone()
+    term.after_step(step)
+    torch.testing.assert_close(term.teacher[0].weight, 0.9 * before + 0.1 * student[0].weight)
+
+
+@pytest.mark.parametrize("method, switches", [
+    ("dacs", {}), ("ours_dacs", {}),
+    ("ours_dacs", {"align_on": "mixed", "align_pseudo": "teacher"})])
+def test_trains_logs_and_resumes_like_a_straight_run(tiny_config, tmp_path, method, switches):
+    cfg = apply_method(copy.deepcopy(tiny_config), method)
+    for key, value in switches.items():
+        setattr(cfg.selftrain, key, value)
+    cfg.train.deterministic = True
+    train(cfg, tmp_path / "straight", progress=False)
+    assert train(cfg, tmp_path / "split", progress=False, stop_at=3) is None
+    train(cfg, tmp_path / "split", progress=False)
+    rows = [r for r in read_metrics(tmp_path / "straight") if r["kind"] == "train"]
+    assert all("st" in r and 0 <= r["pseudo_weight"] <= 1 for r in rows)
+    assert all(("cos" in r) == (method == "ours_dacs") for r in rows)
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / n)[-1]) for n in ("straight", "split"))
+    atol = 1e-6 if cfg.train.device == "cpu" else 1e-5
+    for part in ("model", "teacher"):
+        sa = a["model"] if part == "model" else a["terms"]["self_training"]["teacher"]
+        sb = b["model"] if part == "model" else b["terms"]["self_training"]["teacher"]
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], atol=atol, rtol=0)
+    teacher = a["terms"]["self_training"]["teacher"]
+    assert any(not torch.equal(teacher[k], a["model"][k]) for k in teacher
+               if k.endswith("weight"))  # an average, not a copy
+
+
+def test_eval_teacher_and_a_clear_error_without_one(tiny_config, tmp_path, capsys):
+    cfg = apply_method(copy.deepcopy(tiny_config), "dacs")
+    train(cfg, tmp_path / "dacs", progress=False)
+    ckpt = list_checkpoints(tmp_path / "dacs")[-1]
+    assert main(["eval", "--checkpoint", str(ckpt), "--model", "teacher", "--quiet",
+                 "--out", str(tmp_path / "teacher"), "--device", cfg.train.device]) == 0
+    assert json.loads((tmp_path / "teacher.json").read_text())["model"] == "teacher"
+    src = apply_method(copy.deepcopy(tiny_config), "source_only")
+    train(src, tmp_path / "so", progress=False)
+    assert main(["eval", "--checkpoint", str(tmp_path / "so"), "--model", "teacher",
+                 "--quiet"]) == 2
+    assert "no teacher" in capsys.readouterr().err
+
+
+def _teacher_worker(rank, world, port, cfg, out_dir):
+    _env(rank, world, port)
+    from cosalign.data import build_dataset
+
+    device = distributed.setup(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, 19).to(device)
+    parts = build_terms(cfg, 19, device, model)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True)
+    d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
+    opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01, momentum=0.9)
+    src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
+    tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
+    torch.manual_seed(100 + rank)  # other mixing draws on each rank: the teacher must agree
+    for it in range(4):
+        train_step(ddp, next(src), next(tgt), it, parts, d, opt)
+    teacher = {k: v.cpu() for k, v in parts[0].teacher.state_dict().items()}
+    torch.save(teacher, out_dir / f"teacher{rank}.pt")
+    distributed.cleanup()
+
+
+def test_teacher_is_identical_on_every_rank(tiny_config, tmp_path):
+    cfg = apply_method(copy.deepcopy(tiny_config), "ours_dacs")
+    cfg.train.device = _ddp_device()
+    mp.spawn(_teacher_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True)
+    t0, t1 = (torch.load(tmp_path / f"teacher{r}.pt") for r in (0, 1))
+    params = [k for k in t0 if not k.endswith(("running_mean", "running_var", "tracked"))]
+    for key in params:
+        torch.testing.assert_close(t0[key], t1[key], rtol=0, atol=0)
