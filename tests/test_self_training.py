@@ -252,3 +252,84 @@ def test_teacher_is_identical_on_every_rank(tiny_config, tmp_path):
     params = [k for k in t0 if not k.endswith(("running_mean", "running_var", "tracked"))]
     for key in params:
         torch.testing.assert_close(t0[key], t1[key], rtol=0, atol=0)
+
+
+def test_rare_class_probabilities_and_draws():
+    from cosalign.data.rcs import RareClassSampler, class_probabilities
+
+    counts = np.array([[90, 10, 0], [80, 0, 20], [100, 0, 0], [50, 50, 0]])
+    f = counts.sum(0) / counts.sum()  # 0.8, 0.15, 0.05
+    expected = np.exp((1 - f) / 0.1) / np.exp((1 - f) / 0.1).sum()
+    np.testing.assert_allclose(class_probabilities(counts, 0.1), expected)
+    sampler = RareClassSampler(counts, 0.1, min_fraction=0.15, seed=3)
+    # class 0 covers > 15% of images 0-3, class 1 of image 3 only, class 2 of image 1 only
+    assert [list(c) for c in sampler.candidates] == [[0, 1, 2, 3], [3], [1]]
+    it = iter(sampler)
+    draws = [next(it) for _ in range(400)]
+    share = np.bincount([i for i, _ in draws], minlength=4) / 400
+    p = expected  # image 3 comes from class 1 and class 0, image 1 from class 2 and class 0
+    assert share[3] == pytest.approx(p[1] + p[0] / 4, abs=0.07)
+    assert share[1] == pytest.approx(p[2] + p[0] / 4, abs=0.07)
+    resumed = iter(RareClassSampler(counts, 0.1, 0.15, seed=3, start=100))
+    assert [next(resumed) for _ in range(5)] == draws[100:105]  # a resume continues the order
+    ranks = [iter(RareClassSampler(counts, 0.1, 0.15, seed=3, rank=r, world=2)) for r in (0, 1)]
+    assert [next(ranks[0]), next(ranks[1]), next(ranks[0])] == draws[:3]
+
+
+def test_class_pixel_counts_equal_a_count_and_are_cached(tiny_config, monkeypatch):
+    from cosalign.data import build_dataset
+    from cosalign.data.rcs import class_pixel_counts
+
+    source = build_dataset(tiny_config.data.source, tiny_config.data, train=True)
+    counts = class_pixel_counts(source, 19, progress=False)
+    for i, (_, label) in enumerate(source.pairs):
+        y = source.read_label(label)
+        assert all(counts[i, c] == (y == c).sum() for c in range(19))
+    monkeypatch.setattr(source, "read_label", lambda p: 1 / 0)  # cached: labels not read
+    np.testing.assert_array_equal(class_pixel_counts(source, 19, progress=False), counts)
+
+
+def test_pooled_labels_keep_pure_patches_only():
+    from cosalign.methods.feature_distance import pooled_labels
+
+    y = torch.full((1, 4, 4), 13)
+    y[0, 0, 0] = 11  # one pixel of four in the top-left patch: 75% car there
+    y[0, 2:, 2:] = torch.tensor([[11, 11], [13, 255]])  # bottom-right: 2 person, 1 car, 1 void
+    out = pooled_labels(y, (2, 2), 19)
+    assert out.tolist() == [[[13, 13], [13, 255]]]
+
+
+def test_feature_distance_is_the_mean_l2_distance_on_thing_positions(tiny_config, tmp_path):
+    from cosalign.methods.feature_distance import FeatureDistance
+
+    cfg = apply_method(copy.deepcopy(tiny_config), "dacs")
+    cfg.loss.fd, cfg.model.weights = 0.005, "unused-here"
+    term = FeatureDistance(cfg, 19, torch.device("cpu"))
+    f0 = torch.randn(1, 5, 2, 2)
+    term.frozen = _Fixed(f0)
+    f = torch.randn(1, 5, 2, 2, requires_grad=True)
+    y = torch.tensor([[[13, 13, 0, 0], [13, 13, 0, 0], [11, 11, 2, 2], [11, 11, 2, 2]]])
+    step = Step(it=0, model=None, x_s=torch.zeros(1, 3, 4, 4), y_s=y, x_t=None, f_s=None,
+                pred_s=None, pred_s_aux=None, dictionary=None,
+                out_s=_Out(None, None, f))
+    got = term.source_losses(step)["fd"]
+    d = [(f[0, :, i, j] - f0[0, :, i, j]).norm() for i, j in ((0, 0), (1, 0))]  # car, person
+    torch.testing.assert_close(got, (d[0] + d[1]) / 2)
+    got.backward()
+    assert f.grad[0, :, 0, 1].abs().sum() == 0  # road: no gradient
+
+
+def test_dacs_with_feature_distance_and_rare_class_sampling_trains(tiny_config, tmp_path):
+    from cosalign.methods import method_name
+    from cosalign.models import build_model
+
+    model = build_model(tiny_config.model, 19)
+    weights = tmp_path / "backbone.pt"
+    torch.save({"model": {k: v for k, v in model.state_dict().items()
+                          if k.startswith("backbone.")}, "pretrain": {}}, weights)
+    cfg = apply_method(copy.deepcopy(tiny_config), "dacs")
+    cfg.loss.fd, cfg.model.weights, cfg.data.rcs_temperature = 0.005, str(weights), 0.01
+    assert method_name(cfg) == "dacs (loss.fd=0.005)"
+    train(cfg, tmp_path / "run", progress=False)
+    rows = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert all("fd" in r and r["fd"] >= 0 for r in rows)

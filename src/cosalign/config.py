@@ -79,6 +79,9 @@ class DataConfig:
     batch_size: int = 1  # per domain and per process
     workers: int = 2
     cache: bool = False  # keep decoded, resized images in memory (small datasets)
+    # rare class sampling of source images (data/rcs.py; DAFormer: temperature 0.01); 0: off
+    rcs_temperature: float = 0.0
+    rcs_min_pixels: float = 0.0015  # share of an image a class must cover to be drawn for it
 
 
 @dataclass
@@ -102,6 +105,7 @@ class LossConfig:
     adv: float = 0.0  # AdvEnt, main head
     adv_aux: float = 0.0
     st: float = 0.0  # self-training: the pseudo-labelled, class-mixed image (DACS)
+    fd: float = 0.0  # feature distance to the frozen pretrained network, thing classes (DAFormer)
     # the BatchNorm control: target batches go through the network in train mode (BatchNorm
     # statistics move toward the target, as under every adaptation loss), with no loss
     target_bn: bool = False

@@ -30,6 +30,7 @@ from cosalign.config import Config, from_dict, to_dict
 from cosalign.data import InfiniteSampler, build_dataset
 from cosalign.data.check import require_usable
 from cosalign.data.labels import IGNORE_INDEX, NUM_CLASSES, colorize
+from cosalign.data.rcs import RareClassSampler, class_pixel_counts
 from cosalign.data.transforms import denormalize
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import (
@@ -61,10 +62,15 @@ class NonFiniteLoss(RuntimeError):
         self.iteration, self.term = iteration, term
 
 
-def batches(dataset, batch_size: int, seed: int, start: int, workers: int):
-    """Endless batches; ``start`` = batches already consumed (resume continues the order)."""
-    sampler = InfiniteSampler(len(dataset), seed, start * batch_size, distributed.rank(),
-                              distributed.world_size())
+def batches(dataset, batch_size: int, seed: int, start: int, workers: int,
+            rcs: tuple[np.ndarray, float, float] | None = None):
+    """Endless batches; ``start`` = batches already consumed (resume continues the order).
+    ``rcs``: (class pixel counts, temperature, min share) for rare class sampling."""
+    rank, world = distributed.rank(), distributed.world_size()
+    if rcs is None:
+        sampler = InfiniteSampler(len(dataset), seed, start * batch_size, rank, world)
+    else:
+        sampler = RareClassSampler(*rcs, seed, start * batch_size, rank, world)
     # its own generator: creating the loader must not draw from the global RNG (resume)
     return iter(DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers,
                            drop_last=True, persistent_workers=workers > 0,
@@ -109,23 +115,31 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
     pred_s, pred_s_aux = upsample_logits(out_s.logits, size_s), upsample_logits(out_s.aux, size_s)
     logged = {"seg": F.cross_entropy(pred_s, y_s, ignore_index=IGNORE_INDEX),
               "seg_aux": F.cross_entropy(pred_s_aux, y_s, ignore_index=IGNORE_INDEX)}
-    _check(it, logged)
-    scaler.scale(logged["seg"] + aux * logged["seg_aux"]).backward()
     step = Step(it=it, model=model, x_s=x_s, y_s=y_s, x_t=x_t, f_s=out_s.features.detach(),
                 pred_s=pred_s, pred_s_aux=pred_s_aux, dictionary=dictionary, autocast=autocast,
-                diagnose=diagnose)
+                diagnose=diagnose, out_s=out_s)
+    active = [t for t in terms if t.active(it)]
+    source_terms, weights = {}, {}
+    for term in active:  # terms on the source pass (the feature distance)
+        source_terms.update(term.source_losses(step))
+        weights.update(term.weight)
+    logged.update(source_terms)
+    _check(it, logged)
+    loss = logged["seg"] + aux * logged["seg_aux"]
+    if source_terms:
+        loss = loss + sum(weights[k] * v for k, v in source_terms.items())
+    scaler.scale(loss).backward()
+    step.out_s = None  # its graph is freed
 
     # 2. target: the student's clean target pass when a term reads it, then every active
     # term's losses, weighted and summed into one backward
-    active = [t for t in terms if t.active(it)]
     readers = [t for t in active if t.needs_target]
     if readers:
         with torch.set_grad_enabled(any(t.grad for t in readers)), autocast():
             step.out_t = model(x_t)
-    losses, weights = {}, {}
+    losses = {}
     for term in active:
         losses.update(term.losses(step))
-        weights.update(term.weight)
     if losses:
         _check(it, losses)
         scaler.scale(sum(weights[k] * v for k, v in losses.items())).backward()
@@ -241,7 +255,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
     b, w = cfg.data.batch_size, cfg.data.workers
-    src_iter = batches(source, b, cfg.train.seed, start, w)
+    rcs = None
+    if cfg.data.rcs_temperature > 0:
+        rcs = (class_pixel_counts(source, NUM_CLASSES, progress and main),
+               cfg.data.rcs_temperature, cfg.data.rcs_min_pixels)
+    src_iter = batches(source, b, cfg.train.seed, start, w, rcs)
     tgt_iter = batches(target, b, cfg.train.seed + 1, start, w)
     logger = Logger(run_dir)
     autocast = autocast_for(cfg.train.amp, device)

@@ -45,6 +45,7 @@ class Step:
     dictionary: Any  # losses.ClassFeatureDictionary
     autocast: Callable = contextlib.nullcontext
     diagnose: bool = False  # a logging step: terms may add diagnostics to ``stats``
+    out_s: Any = None  # the student's source pass, during the source losses only
     out_t: Any = None
     mixed: Any = None
     mixed_target: Tensor | None = None
@@ -91,9 +92,14 @@ class Term:
     def before_step(self, it: int) -> None:
         """Called before the source pass."""
 
+    def source_losses(self, step: Step) -> dict[str, Tensor]:
+        """Unweighted 0-dim losses on the source pass (``step.out_s``), back-propagated with
+        the segmentation loss."""
+        return {}
+
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Unweighted 0-dim losses by name (a subset of ``weights``)."""
-        raise NotImplementedError
+        return {}
 
     def after_step(self, step: Step) -> dict[str, Tensor]:
         """Called after the network's optimizer step; returns extra values to log."""

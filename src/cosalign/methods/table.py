@@ -22,12 +22,14 @@ from cosalign.methods.alignment import CosineAlignment
 from cosalign.methods.base import Term
 from cosalign.methods.batchnorm import TargetBatchNorm
 from cosalign.methods.entropy import Entropy
+from cosalign.methods.feature_distance import FeatureDistance
 from cosalign.methods.self_training import SelfTraining
 
 # every part, in the order the step runs them (the order of the summed losses too);
 # self-training first: the alignment may read its mixed pass
-TERMS: dict[str, type[Term]] = {t.name: t for t in (SelfTraining, Entropy, CosineAlignment,
-                                                    Adversarial, TargetBatchNorm)}
+TERMS: dict[str, type[Term]] = {t.name: t for t in (SelfTraining, FeatureDistance, Entropy,
+                                                    CosineAlignment, Adversarial,
+                                                    TargetBatchNorm)}
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Method:
     terms: tuple[str, ...]
     weights: dict[str, float | bool | None] = field(default_factory=dict)
     about: str = ""
+    optional: tuple[str, ...] = ()  # terms a run of it may switch on too (off by default)
 
 
 METHODS: dict[str, Method] = {}
@@ -49,13 +52,14 @@ def register_term(term: type[Term]) -> None:
 
 
 def register_method(name: str, terms: tuple[str, ...], weights: dict | None = None,
-                    about: str = "") -> Method:
-    """Add a method: its terms (names in ``TERMS``) and their default weights. Every other
-    term's weights are set to 0 when the method is chosen."""
-    unknown = [t for t in terms if t not in TERMS]
+                    about: str = "", optional: tuple[str, ...] = ()) -> Method:
+    """Add a method: its terms (names in ``TERMS``) and their default weights, and the terms a
+    run of it may add (``optional``, e.g. DAFormer's feature distance for self-training). Every
+    other term's weights are set to 0 when the method is chosen."""
+    unknown = [t for t in (*terms, *optional) if t not in TERMS]
     if unknown:
         raise ValueError(f"method {name}: unknown terms {unknown}; known: {list(TERMS)}")
-    METHODS[name] = Method(tuple(terms), dict(weights or {}), about)
+    METHODS[name] = Method(tuple(terms), dict(weights or {}), about, tuple(optional))
     return METHODS[name]
 
 
@@ -70,9 +74,11 @@ register_method("ours_minent", ("alignment", "entropy"),
 register_method("ours_advent", ("alignment", "adversarial"),
                 {"cos": None, "adv": 1e-3, "adv_aux": 2e-4}, about="ours + AdvEnt")
 register_method("dacs", ("self_training",), {"st": 1.0},
-                about="self-training: EMA teacher, ClassMix, confidence-weighted pseudo-labels")
+                about="self-training: EMA teacher, ClassMix, confidence-weighted pseudo-labels",
+                optional=("feature_distance",))
 register_method("ours_dacs", ("self_training", "alignment"), {"st": 1.0, "cos": None},
-                about="the cosine alignment on top of self-training")
+                about="the cosine alignment on top of self-training",
+                optional=("feature_distance",))
 
 
 def method_weights(name: str) -> dict[str, float | bool]:
@@ -134,7 +140,7 @@ def method_name(cfg: Config) -> str:
     on = set(enabled_terms(cfg))
     named = []
     for name, method in METHODS.items():
-        if set(method.terms) == on:
+        if set(method.terms) <= on <= set(method.terms) | set(method.optional):
             diff = [f"{k}={getattr(cfg.loss, k[5:]):g}"
                     for k, v in method_weights(name).items()
                     if not isinstance(v, bool) and getattr(cfg.loss, k[5:]) != v]
