@@ -227,8 +227,22 @@ PLAN: dict[str, list[tuple[str, dict[str, Experiment]]]] = {
     ],
 }
 
-# every table: name -> (which run folders: keep(seed, run name); --by keys; baseline group)
-TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str]] = {
+def _selftrain(prefix: str, oracle: bool = False) -> tuple:
+    """A self-training table: source-only, ours, DACS, ours + DACS (and the oracle) of one
+    target style, one group per run name, gains over source-only and over DACS."""
+    names = {f"{prefix}pretrained {m}" for m in SELF_TRAINING}
+    names |= {"pretrained gap: target-trained oracle"} if oracle else set()
+    return (lambda seed, name: seed > 0 and name in names, ("run",),
+            (f"source_only [run={prefix}pretrained source-only]",
+             f"dacs [run={prefix}pretrained DACS]"))
+
+
+# every table: name -> (which run folders: keep(seed, run name); --by keys; baseline group(s):
+# one report for each)
+TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str | tuple[str, ...]]] = {
+    "selftrain": _selftrain("", oracle=True),
+    "selftrain-fog": _selftrain("fog "),
+    "selftrain-dusk": _selftrain("dusk "),
     "sweep": (lambda seed, name: seed == 0 and name in sweep_names(), ("run",),
               "source_only [run=source-only]"),
     "gap": (lambda seed, name: "gap:" in name and seed > 0, ("run",), ""),
@@ -365,14 +379,16 @@ def finished(keep) -> list[Path]:
 
 def cmd_report(args) -> None:
     for table in args.tables or TABLES:
-        keep, by, baseline = TABLES[table]
+        keep, by, baselines = TABLES[table]
         runs = finished(keep)
         if not runs:
             continue
-        out = OUT / f"report_{table}"
-        print(f"\n### {table}: `cosalign report` over {len(runs)} run folders of "
-              f"{OUT}/seed*/ (`minicity_ablation.py report {table}`; written to {out})\n")
-        print(report(runs, out, baseline=baseline, by=by))
+        for i, baseline in enumerate((baselines,) if isinstance(baselines, str) else baselines):
+            out = OUT / f"report_{table}" if i == 0 else OUT / f"report_{table}_{i}"
+            print(f"\n### {table}: `cosalign report` over {len(runs)} run folders of "
+                  f"{OUT}/seed*/, baseline {baseline or 'none'} (`minicity_ablation.py report "
+                  f"{table}`; written to {out})\n")
+            print(report(runs, out, baseline=baseline, by=by))
 
 
 def main() -> None:
