@@ -152,7 +152,8 @@ class SelfTrainConfig:
     # ours_dacs: which target features the alignment sees (the clean target image through the
     # student, or the target-origin positions of the mixed image), and whose predictions
     # restrict its classes under align.class_restrict=pseudo
-    align_on: str = choice("clean", ALIGN_ON)
+    # (defaults chosen on MiniCity's selection split: docs/results/minicity.md)
+    align_on: str = choice("mixed", ALIGN_ON)
     align_pseudo: str = choice("student", ALIGN_PSEUDO)
 
 
