@@ -37,3 +37,25 @@ def test_demo_writes_table_results_and_figure(tiny_minicity, tmp_path, capsys):
     # the regime: the shipped pretrained backbone, BatchNorm statistics moving
     assert control["model"]["weights"] == "minicity_pretrained"
     assert control["model"]["bn"] == "affine_frozen"
+
+
+def test_demo_runs_other_methods_and_refuses_a_bad_list(tiny_minicity, tmp_path, capsys):
+    summary = run_demo(tiny_minicity, tmp_path / "st", spec=TINY, progress=False,
+                       methods=("source_only", "dacs", "ours_dacs"), overrides=[
+        "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
+        "data.batch_size=2", "train.iters=6", "optim.schedule_iters=6", "align.start_iter=3",
+        "dictionary.capacity=8", f"train.device={TEST_DEVICE}"])
+    out = capsys.readouterr().out
+    assert "gain of DACS over source-only" in out and "gain of ours + DACS over source-only" in out
+    assert set(summary["miou"]) == {"source-only", "DACS", "ours + DACS"}
+    assert summary["gain_over_control"] is None  # no control in this set
+    assert summary["gain"] == summary["miou"]["ours + DACS"] - summary["miou"]["source-only"]
+    assert (tmp_path / "st" / "ours_dacs" / "metrics.jsonl").is_file()
+    from cosalign.cli import main
+
+    assert main(["demo", "--methods", "dacs,source_only", "--data", str(tiny_minicity),
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert main(["demo", "--methods", "source_only,nope", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "source_only first" in err and "unknown method 'nope'" in err
+    assert not (tmp_path / "bad").exists()  # refused before any work

@@ -244,8 +244,10 @@ def _teacher_worker(rank, world, port, cfg, out_dir):
     distributed.cleanup()
 
 
-def test_teacher_is_identical_on_every_rank(tiny_config, tmp_path):
+@pytest.mark.parametrize("align_on", ["mixed", "clean"])  # clean: two passes, one backward
+def test_teacher_is_identical_on_every_rank(tiny_config, tmp_path, align_on):
     cfg = apply_method(copy.deepcopy(tiny_config), "ours_dacs")
+    cfg.selftrain.align_on = align_on
     cfg.train.device = _ddp_device()
     mp.spawn(_teacher_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True)
     t0, t1 = (torch.load(tmp_path / f"teacher{r}.pt") for r in (0, 1))
