@@ -335,3 +335,15 @@ def test_dacs_with_feature_distance_and_rare_class_sampling_trains(tiny_config, 
     train(cfg, tmp_path / "run", progress=False)
     rows = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert all("fd" in r and r["fd"] >= 0 for r in rows)
+
+
+def test_dacs_trains_under_two_processes_and_checkpoints_the_teacher(tiny_config, tmp_path):
+    from tests.test_distributed import _train_worker
+
+    cfg = apply_method(copy.deepcopy(tiny_config), "ours_dacs")
+    cfg.train.device = _ddp_device()
+    mp.spawn(_train_worker, args=(2, _free_port(), cfg, tmp_path / "two"), nprocs=2, join=True)
+    state = load_checkpoint(list_checkpoints(tmp_path / "two")[-1])
+    assert state["iteration"] == cfg.train.iters and "teacher" in state["terms"]["self_training"]
+    rows = read_metrics(tmp_path / "two")
+    assert [r["kind"] for r in rows].count("eval") == 1 and "st" in rows[0]
