@@ -105,3 +105,17 @@ def test_keys_of_the_old_layout_load_as_their_new_names(tmp_path):
     back = from_dict(old)
     assert (back.align.tau, back.align.start_iter, back.dictionary.per_image,
             back.align.matmul) == (0.6, 7, 3, "auto")
+
+
+def test_a_presets_methods_section_applies_to_that_method_only(tmp_path):
+    cfg = method_config("gta5_to_cityscapes", [], "dacs")
+    assert (cfg.data.batch_size, cfg.data.source.crop, cfg.train.iters) == (2, (512, 512), 250000)
+    assert method_config("gta5_to_cityscapes", [], "ours").data.batch_size == 1
+    assert method_config("gta5_to_cityscapes", ["data.batch_size=4"], "dacs").data.batch_size == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods:\n  dacs:\n    data: {batchsize: 2}\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*data.batchsize"):
+        load_config(str(bad))  # checked when loaded, whatever the method
+    bad.write_text("methods:\n  dacs: 3\n")
+    with pytest.raises(ConfigError, match="methods.dacs: expected a mapping"):
+        load_config(str(bad))

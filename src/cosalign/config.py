@@ -318,8 +318,11 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
         per_method = data.pop("methods", None) or {}
         if not isinstance(per_method, dict):
             raise ConfigError(f"{file}: methods: expected a mapping of method names to settings")
+        bad = [name for name, section in per_method.items() if not isinstance(section, dict)]
+        if bad:
+            raise ConfigError(f"{file}: methods.{bad[0]}: expected a mapping of config sections")
         for section in (data, *per_method.values()):  # every method's section, checked now
-            for key, value in flatten(section if isinstance(section, dict) else {"": 0}).items():
+            for key, value in flatten(section).items():
                 try:
                     set_key(cfg if section is data else Config(), key, value)
                 except ConfigError as e:

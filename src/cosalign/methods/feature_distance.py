@@ -59,4 +59,5 @@ class FeatureDistance(Term):
         labels = pooled_labels(step.y_s, tuple(f.shape[-2:]), self.num_classes)
         things = torch.isin(labels, labels.new_tensor(THING_CLASSES))
         dist = torch.linalg.vector_norm(f.float() - f0.float(), dim=1)  # (B, h, w)
-        return {"fd": dist[things].mean() if things.any() else dist.sum() * 0}
+        # the mean over thing positions (0 when there are none), without waiting for the GPU
+        return {"fd": (dist * things).sum() / things.sum().clamp(min=1)}
