@@ -101,20 +101,21 @@ def method_config(path: str | None = None, overrides: list[str] | None = None,
     file and the overrides (``--set loss.ent=0.01`` wins over ``--method minent``)."""
     if method is None:
         return load_config(path, overrides)
-    cfg = load_config(path, overrides, method_weights(method), method)
-    for key, value in METHODS[method].weights.items():
-        if value is None and not getattr(cfg.loss, key) > 0:
-            raise ConfigError(f"method {method!r} needs loss.{key} > 0 (the preset's or --set)")
-    return cfg
+    return _kept_weights_set(load_config(path, overrides, method_weights(method), method), method)
 
 
 def apply_method(cfg: Config, name: str) -> Config:
     """Set ``cfg``'s weights to those of method ``name`` (in place; returns ``cfg``)."""
     for key, value in method_weights(name).items():
         set_key(cfg, key, value)
+    return _kept_weights_set(cfg, name)
+
+
+def _kept_weights_set(cfg: Config, name: str) -> Config:
+    """The weights the method keeps from the config (None in its table entry) must be > 0."""
     for key, value in METHODS[name].weights.items():
         if value is None and not getattr(cfg.loss, key) > 0:
-            raise ConfigError(f"method {name!r} needs loss.{key} > 0 in the config")
+            raise ConfigError(f"method {name!r} needs loss.{key} > 0 (the preset's or --set)")
     return cfg
 
 
