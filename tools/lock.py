@@ -63,12 +63,13 @@ def install(venv: Path) -> None:
         print(f"requirements.lock was made for {plat}, this is {this_platform()}: installing the "
               "same versions without hashes (results agree within the seed spread, not bit for "
               "bit)", file=sys.stderr)
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        with tempfile.TemporaryDirectory() as tmp:
+            constraints = Path(tmp) / "constraints.txt"
             # local version labels (+cpu) exist only on the index they came from
-            f.write("".join(f"{n}=={v.split('+')[0]}\n" for n, v in
-                            ((n, v) for n, (v, _) in pins.items())))
-        pip(venv, "install", "--quiet", TORCH)
-        pip(venv, "install", "--quiet", "-c", f.name, "-e", f"{ROOT}[dev]")
+            constraints.write_text("".join(f"{n}=={v.split('+')[0]}\n"
+                                           for n, (v, _) in pins.items()))
+            pip(venv, "install", "--quiet", TORCH)
+            pip(venv, "install", "--quiet", "-c", str(constraints), "-e", f"{ROOT}[dev]")
         return
     # the project itself, from the source tree, with the locked setuptools as build backend
     pip(venv, "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(ROOT))

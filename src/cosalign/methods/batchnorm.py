@@ -4,13 +4,14 @@ Ours minus the control is what the cosine alignment adds beyond those statistics
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from cosalign.config import LossConfig
-from cosalign.methods.base import Step, Term
+from cosalign.methods.base import Term
 
 
 class TargetBatchNorm(Term):
+    """No loss of its own (the base class's ``losses`` returns none): the step's target pass,
+    made because this term reads it, is all it does."""
+
     name = "target_bn"
     weights = ()
     grad = False
@@ -18,6 +19,3 @@ class TargetBatchNorm(Term):
     @classmethod
     def enabled(cls, loss: LossConfig) -> bool:
         return loss.target_bn
-
-    def losses(self, step: Step) -> dict[str, Tensor]:
-        return {}  # the step's target pass did it all

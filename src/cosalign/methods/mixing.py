@@ -20,9 +20,9 @@ def class_mix_masks(labels: Tensor, per: str = "image") -> Tensor:
     its source labels (the ignore value counts as a class, as in DACS), chosen at random; with
     ``per="batch"`` the classes are drawn once from those of the whole batch (DAFormer)."""
     masks = []
-    batch_classes = torch.unique(labels)
+    batch_classes = torch.unique(labels) if per == "batch" else None
     for y in labels:
-        classes = torch.unique(y) if per == "image" else batch_classes
+        classes = torch.unique(y) if batch_classes is None else batch_classes
         n = len(classes)
         chosen = classes[torch.randperm(n)[: (n + n % 2) // 2].to(classes.device)]
         masks.append(torch.isin(y, chosen))
