@@ -345,7 +345,7 @@ def section_e2e(args, device) -> tuple[str, bool]:
     run("predict (val images)", cli + ["predict", "--checkpoint", str(ckpt),
                                        str(cs / "leftImg8bit" / "val"), "--out", str(pred),
                                        "--quiet", "--device", device.type])
-    rows[-1][2] += f", {len(list(pred.glob('*_color.png')))} coloured predictions"
+    rows[-1][2] += f", {len(list(pred.rglob('*_color.png')))} coloured predictions"
     note = (f"`cosalign train --config gta5_to_cityscapes --method ours` with train.amp="
             f"{args.amp}, train.deterministic=true, N = {n}, trees under {out / 'data'}")
     return note + "\n\n" + table(["step", "wall s", "result"], rows), ok

@@ -21,9 +21,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from cosalign.data.dataset import DatasetError
     from cosalign.engine.checkpoint import CheckpointError
     from cosalign.engine.distributed import DeviceError
+    from cosalign.engine.logger import MetricsError
     from cosalign.models.weights import WeightsError
+    from cosalign.outputs import OutputError
 
-    return (ConfigError, DatasetError, CheckpointError, DeviceError, WeightsError)
+    return (ConfigError, DatasetError, CheckpointError, DeviceError, WeightsError, OutputError,
+            MetricsError)
 
 
 def cmd_demo(args) -> int:
@@ -104,7 +107,8 @@ def cmd_predict(args) -> int:
 
     files = predict_images(args.checkpoint, args.images, args.out, size=args.size, tta=_tta(args),
                            device=distributed.setup(args.device), progress=not args.quiet)
-    print(f"{len(files)} image(s) -> {args.out} (*_trainIds.png, *_color.png, *_overlay.png)")
+    print(f"{len(files)} image(s) -> {args.out} (<path in the input>_trainIds.png, _color.png, "
+          "_overlay.png)")
     return 0
 
 
@@ -160,6 +164,32 @@ def cmd_data_convert(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``cosalign eval: error: ...``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, strict: bool):
+    def parse(text: str):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if x < low or (strict and x == low):
+            raise argparse.ArgumentTypeError(
+                f"expected {'>' if strict else '>='} {low}, got {text!r}")
+        return x
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 0, strict=True)
+count = _number(int, 0, strict=False)  # >= 0
+positive_float = _number(float, 0, strict=True)
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: the GPU when there is one")
@@ -167,16 +197,17 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _add_tta(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("test-time augmentation (off by default: published protocol)")
-    g.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    g.add_argument("--scales", type=positive_float, nargs="+", default=[1.0])
     g.add_argument("--flip", action="store_true", help="average with the mirrored image")
-    g.add_argument("--window", type=int, nargs=2, metavar=("W", "H"), help="sliding window")
-    g.add_argument("--stride", type=int, nargs=2, metavar=("X", "Y"))
+    g.add_argument("--window", type=positive_int, nargs=2, metavar=("W", "H"),
+                   help="sliding window")
+    g.add_argument("--stride", type=positive_int, nargs=2, metavar=("X", "Y"))
     g.add_argument("--no-align-corners", action="store_true",
                    help="upsample logits with align_corners=False")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cosalign", description=__doc__.splitlines()[0])
+    p = Parser(prog="cosalign", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="MiniCity end to end: source-only vs ours, table + figure")
@@ -203,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", help="dataset root (default: the checkpoint config's val root)")
     e.add_argument("--split", default="val")
-    e.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="network input size")
+    e.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"),
+                   help="network input size")
     e.add_argument("--save-predictions", type=Path, metavar="DIR")
     e.add_argument("--model", default="student", choices=WHICH,
                    help="a self-training run's student (default, as DACS and DAFormer report) "
@@ -218,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, type=Path)
-    pr.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
+    pr.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"))
     pr.add_argument("--quiet", action="store_true")
     _add_device(pr)
     _add_tta(pr)
@@ -238,17 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("checkpoints", nargs="+", help="e.g. a source-only and an adapted checkpoint "
                    "(before and after); the similarity maps use the last")
     v.add_argument("--out", default="runs/viz")
-    v.add_argument("--images", type=int, default=20, help="images per domain in the PCA map")
+    v.add_argument("--images", type=positive_int, default=20,
+                   help="images per domain in the PCA map")
     _add_device(v)
     v.set_defaults(func=cmd_viz)
 
     pt = sub.add_parser("pretrain", help="pretrain a MiniCity backbone on randomized scenes "
                         "(ImageNet's part; cached by the hash of what made it)")
     pt.add_argument("--out", default="data/pretrain", help="folder for backbone.pt")
-    pt.add_argument("--images", type=int, default=2000, help="scenes rendered (a tenth held out)")
-    pt.add_argument("--iters", type=int, default=3000)
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--workers", type=int, default=2, help="processes rendering the scenes")
+    pt.add_argument("--images", type=positive_int, default=2000,
+                    help="scenes rendered (a tenth held out)")
+    pt.add_argument("--iters", type=positive_int, default=3000)
+    pt.add_argument("--seed", type=count, default=0)
+    pt.add_argument("--workers", type=positive_int, default=2,
+                    help="processes rendering the scenes")
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(func=cmd_pretrain)
 
@@ -257,10 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     mk = dsub.add_parser("make", help="generate MiniCity")
     mk.add_argument("--out", default="data/minicity")
     mk.add_argument("--target-style", default="photo", choices=TARGET_STYLES)
-    mk.add_argument("--num-source", type=int, default=600)
-    mk.add_argument("--num-target", type=int, default=600)
-    mk.add_argument("--seed", type=int, default=0)
-    mk.add_argument("--workers", type=int, default=2)
+    mk.add_argument("--num-source", type=positive_int, default=600)
+    mk.add_argument("--num-target", type=positive_int, default=600)
+    mk.add_argument("--seed", type=count, default=0)
+    mk.add_argument("--workers", type=positive_int, default=2)
     mk.set_defaults(func=cmd_data_make)
     for name, func, helptext in (("check", cmd_data_check, "is a dataset tree usable?"),
                                  ("convert", cmd_data_convert, "write *_labelTrainIds.png")):

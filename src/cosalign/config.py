@@ -27,6 +27,7 @@ DATASETS = ("gta5", "synthia", "cityscapes")
 NORMALIZATIONS = ("caffe", "imagenet")
 INTERPOLATIONS = ("bilinear", "bicubic")
 FEATURE_LAYERS = ("layer4", "layer4_pre", "layer3")
+DEPTHS = (18, 34, 50, 101)  # models/resnet.py
 BN_MODES = ("train", "affine_frozen", "frozen")
 MATCHES = ("all", "max")
 REFERENCES = ("dictionary", "batch")
@@ -45,10 +46,40 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message says which key and what is valid."""
 
 
-def choice(default: str, choices: tuple[str, ...]):
-    """A string field whose value must be one of ``choices``."""
+def choice(default, choices: tuple):
+    """A field whose value must be one of ``choices``."""
     assert default in choices
     return field(default=default, metadata={"choices": choices})
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid numbers of a field (each item, for a list): ``low`` <= x (or < x when
+    ``open_low``), x <= ``high`` (or < when ``open_high``); None: unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, x) -> bool:
+        return ((self.low is None or (x > self.low if self.open_low else x >= self.low)) and
+                (self.high is None or (x < self.high if self.open_high else x <= self.high)))
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"a number in {'(' if self.open_low else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.open_high else ']'}")
+        if self.low is not None:
+            return f"a number {'>' if self.open_low else '>='} {self.low:g}"
+        return f"a number {'<' if self.open_high else '<='} {self.high:g}"
+
+
+def bounded(default, low: float | None = None, high: float | None = None, *,
+            open_low: bool = False, open_high: bool = False, **kw):
+    """A numeric field (or list of numbers) that must lie in a :class:`Range`."""
+    rng = Range(low, high, open_low, open_high)
+    return field(default=default, metadata={"range": rng}, **kw)
 
 
 @dataclass
@@ -57,12 +88,14 @@ class DomainConfig:
 
     dataset: str = choice("gta5", DATASETS)
     root: str = "data/gta5"
-    split: str = "train"  # cityscapes only
+    split: str = "train"  # cityscapes only: a folder of leftImg8bit/ (train, val, test...)
     list_file: str | None = None  # optional list of images (relative to the image folder)
-    size: tuple[int, int] | None = (1280, 720)  # resize to (width, height); None keeps size
-    crop: tuple[int, int] | None = None  # random crop (width, height) after resizing
+    # resize to (width, height); None keeps size
+    size: tuple[int, int] | None = bounded((1280, 720), 1)
+    crop: tuple[int, int] | None = bounded(None, 1)  # random crop (width, height) after resizing
     flip: bool = False  # random horizontal flip
-    photometric: float = 0.0  # strength of random brightness/contrast/saturation/colour gains
+    # strength of random brightness/contrast/saturation/colour gains
+    photometric: float = bounded(0.0, 0)
 
 
 @dataclass
@@ -76,19 +109,20 @@ class DataConfig:
     extra_classes: list[str] = field(default_factory=list)  # also reported, e.g. synthia13
     normalization: str = choice("caffe", NORMALIZATIONS)  # caffe: BGR - mean
     interpolation: str = choice("bilinear", INTERPOLATIONS)  # image resize
-    batch_size: int = 1  # per domain and per process
-    workers: int = 2
+    batch_size: int = bounded(1, 1)  # per domain and per process
+    workers: int = bounded(2, 0)
     cache: bool = False  # keep decoded, resized images in memory (small datasets)
     # rare class sampling of source images (data/rcs.py; DAFormer: temperature 0.01); 0: off
-    rcs_temperature: float = 0.0
-    rcs_min_pixels: float = 0.0015  # share of an image a class must cover to be drawn for it
+    rcs_temperature: float = bounded(0.0, 0)
+    # share of an image a class must cover to be drawn for it
+    rcs_min_pixels: float = bounded(0.0015, 0, 1, open_high=True)
 
 
 @dataclass
 class ModelConfig:
-    depth: int = 101
-    width: float = 1.0
-    rates: tuple[int, ...] = (6, 12, 18, 24)
+    depth: int = choice(101, DEPTHS)
+    width: float = bounded(1.0, 0, open_low=True)  # channels x width
+    rates: tuple[int, ...] = bounded((6, 12, 18, 24), 1)  # ASPP dilation rates
     feature_layer: str = choice("layer4", FEATURE_LAYERS)
     bn: str = choice("affine_frozen", BN_MODES)
     weights: str | None = None  # a local weights file, or minicity_pretrained
@@ -98,14 +132,15 @@ class ModelConfig:
 class LossConfig:
     """The weight of every term; 0 turns a term off (docs/METHOD.md section 4)."""
 
-    aux: float = 0.1  # the auxiliary segmentation head (source)
-    cos: float = 0.0  # lambda_cos, the cosine alignment
-    ent: float = 0.0  # MinEnt, main head
-    ent_aux: float = 0.0
-    adv: float = 0.0  # AdvEnt, main head
-    adv_aux: float = 0.0
-    st: float = 0.0  # self-training: the pseudo-labelled, class-mixed image (DACS)
-    fd: float = 0.0  # feature distance to the frozen pretrained network, thing classes (DAFormer)
+    aux: float = bounded(0.1, 0)  # the auxiliary segmentation head (source)
+    cos: float = bounded(0.0, 0)  # lambda_cos, the cosine alignment
+    ent: float = bounded(0.0, 0)  # MinEnt, main head
+    ent_aux: float = bounded(0.0, 0)
+    adv: float = bounded(0.0, 0)  # AdvEnt, main head
+    adv_aux: float = bounded(0.0, 0)
+    st: float = bounded(0.0, 0)  # self-training: the pseudo-labelled, class-mixed image (DACS)
+    # feature distance to the frozen pretrained network, thing classes (DAFormer)
+    fd: float = bounded(0.0, 0)
     # the BatchNorm control: target batches go through the network in train mode (BatchNorm
     # statistics move toward the target, as under every adaptation loss), with no loss
     target_bn: bool = False
@@ -115,11 +150,11 @@ class LossConfig:
 class AlignConfig:
     """The cosine alignment (losses/cosine.py)."""
 
-    tau: float = 0.5
+    tau: float = bounded(0.5, -1, 1)  # cosine threshold
     match: str = choice("all", MATCHES)
     reference: str = choice("dictionary", REFERENCES)
     class_restrict: str = choice("none", CLASS_RESTRICTS)
-    start_iter: int = 0  # applied from this iteration on
+    start_iter: int = bounded(0, 0)  # applied from this iteration on
     # the products: auto = the features' precision (bf16 under train.amp=bf16); norms,
     # thresholds and sums stay fp32 in every case
     matmul: str = choice("auto", MATMULS)
@@ -129,8 +164,8 @@ class AlignConfig:
 class DictionaryConfig:
     """The class-wise source feature dictionary (losses/dictionary.py)."""
 
-    capacity: int = 1000  # Q, slots per class
-    per_image: int = 16  # q, positions enqueued per image and class
+    capacity: int = bounded(1000, 1)  # Q, slots per class
+    per_image: int = bounded(16, 1)  # q, positions enqueued per image and class
     enqueue: str = choice("pixels", ENQUEUES)
 
 
@@ -139,16 +174,18 @@ class SelfTrainConfig:
     """Self-training (methods/self_training.py, docs/METHOD.md section 10): an EMA teacher's
     confident pseudo-labels on class-mixed images (DACS, DAFormer)."""
 
-    alpha: float = 0.999  # EMA of the student's parameters (DAFormer; DACS 0.99)
+    alpha: float = bounded(0.999, 0, 1)  # EMA of the student's parameters (DAFormer; DACS 0.99)
     teacher: str = choice("train", TEACHER_MODES)  # train: batch statistics (DACS, DAFormer)
-    threshold: float = 0.968  # max probability that counts a pixel as confident
-    ignore_top: float = 0.0  # fraction of rows whose pseudo-labels weigh 0 (DAFormer 15/512)
-    ignore_bottom: float = 0.0  # (DAFormer 120/512)
+    threshold: float = bounded(0.968, 0, 1)  # max probability that counts a pixel as confident
+    # fraction of rows whose pseudo-labels weigh 0 (DAFormer 15/512)
+    ignore_top: float = bounded(0.0, 0, 1, open_high=True)
+    ignore_bottom: float = bounded(0.0, 0, 1, open_high=True)  # (DAFormer 120/512)
     mix: str = choice("image", MIX_CLASSES)  # half of the classes of each source image (DACS)
     # or of the whole source batch (DAFormer)
-    jitter: float = 0.2  # colour jitter strength on the mixed image (DAFormer; DACS 0.25)
-    jitter_p: float = 0.8
-    blur_p: float = 0.5  # Gaussian blur, sigma U(0.15, 1.15)
+    # colour jitter strength on the mixed image (DAFormer; DACS 0.25)
+    jitter: float = bounded(0.2, 0)
+    jitter_p: float = bounded(0.8, 0, 1)
+    blur_p: float = bounded(0.5, 0, 1)  # Gaussian blur, sigma U(0.15, 1.15)
     # ours_dacs: which target features the alignment sees (the clean target image through the
     # student, or the target-origin positions of the mixed image), and whose predictions
     # restrict its classes under align.class_restrict=pseudo
@@ -159,26 +196,27 @@ class SelfTrainConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    power: float = 0.9  # poly decay (1 - it / schedule_iters) ** power
-    schedule_iters: int = 250_000
-    head_lr_mult: float = 10.0
-    lr_d: float = 1e-4  # AdvEnt discriminator (Adam, betas 0.9, 0.99)
-    warmup_iters: int = 0  # linear warm-up from lr 1e-6 x lr over these iterations (DAFormer 1500)
+    lr: float = bounded(2.5e-4, 0, open_low=True)
+    momentum: float = bounded(0.9, 0, 1, open_high=True)
+    weight_decay: float = bounded(5e-4, 0)
+    power: float = bounded(0.9, 0)  # poly decay (1 - it / schedule_iters) ** power
+    schedule_iters: int = bounded(250_000, 1)
+    head_lr_mult: float = bounded(10.0, 0, open_low=True)
+    lr_d: float = bounded(1e-4, 0, open_low=True)  # AdvEnt discriminator (Adam, betas 0.9, 0.99)
+    # linear warm-up from lr 1e-6 x lr over these iterations (DAFormer 1500)
+    warmup_iters: int = bounded(0, 0)
 
 
 @dataclass
 class TrainConfig:
-    iters: int = 120_000
-    seed: int = 0
+    iters: int = bounded(120_000, 0)  # 0: no training, evaluate the initial weights
+    seed: int = bounded(0, 0)
     amp: str = choice("none", AMPS)
     channels_last: bool = False  # NHWC convolutions (faster on recent CPUs and GPUs)
-    log_every: int = 50
-    eval_every: int = 5000  # 0: only at the end
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
+    log_every: int = bounded(50, 1)
+    eval_every: int = bounded(5000, 0)  # 0: only at the end
+    checkpoint_every: int = bounded(5000, 1)
+    keep_checkpoints: int = bounded(3, 0)  # the newest K; 0 keeps all
     deterministic: bool = False  # deterministic kernels where they exist (warns where not)
     device: str = choice("auto", DEVICES)  # auto: GPU LOCAL_RANK if CUDA is there; cpu: gloo
 
@@ -269,10 +307,61 @@ def set_key(cfg: Config, key: str, value) -> None:
         raise ConfigError(f"unknown config key {key!r}; valid keys:\n  " + "\n  ".join(_keys(cfg)))
     hints = typing.get_type_hints(type(obj))
     value = _coerce(value, hints[parts[-1]], key)
-    choices = fields[parts[-1]].metadata.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    _check_value(key, fields[parts[-1]], value)
     setattr(obj, parts[-1], value)
+
+
+def _check_value(key: str, f: dataclasses.Field, value) -> None:
+    """The field's declared choices and range."""
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+    valid = f.metadata.get("range")
+    items = value if isinstance(value, tuple | list) else () if value is None else (value,)
+    if valid is not None and any(isinstance(x, bool) or not isinstance(x, int | float)
+                                 or x not in valid for x in items):
+        each = " for each value" if isinstance(value, tuple | list) else ""
+        raise ConfigError(f"{key}: expected {valid}{each}, got {value!r}")
+
+
+def _fields(obj, prefix: str = ""):
+    """``(key, field, value)`` for every leaf field."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def validate(cfg: Config) -> Config:
+    """The whole config: every field's choices and range (again, for a config changed in code
+    after loading), then what one field cannot say alone: class subsets by name, the
+    pseudo-label bands, the dictionary's sizes. Raises :class:`ConfigError` naming the key;
+    returns ``cfg``."""
+    from cosalign.data.labels import CLASS_SUBSETS
+
+    for key, f, value in _fields(cfg):
+        _check_value(key, f, value)
+
+    for key, name in [("data.classes", cfg.data.classes),
+                      *(("data.extra_classes", n) for n in cfg.data.extra_classes)]:
+        if name not in CLASS_SUBSETS:
+            raise ConfigError(f"{key}: expected one of {', '.join(CLASS_SUBSETS)}, got {name!r}")
+    st = cfg.selftrain
+    if st.ignore_top + st.ignore_bottom >= 1:
+        raise ConfigError(f"selftrain.ignore_top + selftrain.ignore_bottom: expected < 1 (rows "
+                          f"left for pseudo-labels), got {st.ignore_top} + {st.ignore_bottom}")
+    d = cfg.dictionary
+    if d.per_image > d.capacity:
+        raise ConfigError(f"dictionary.per_image: expected at most dictionary.capacity "
+                          f"({d.capacity}), got {d.per_image}")
+    for name in ("source", "target", "val"):
+        dom = getattr(cfg.data, name)
+        if dom.dataset == "cityscapes" and not dom.split.strip():
+            raise ConfigError(f"data.{name}.split: expected a Cityscapes split (train, val...), "
+                              f"got {dom.split!r}")
+    return cfg
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -335,8 +424,12 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. align.tau=0.6")
         key, text = item.split("=", 1)
-        set_key(cfg, key.strip(), yaml.safe_load(text))
-    return cfg
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
+        set_key(cfg, key.strip(), value)
+    return validate(cfg)
 
 
 def to_dict(cfg: Config) -> dict:

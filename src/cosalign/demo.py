@@ -36,6 +36,7 @@ from cosalign.engine.evaluate import format_table
 from cosalign.engine.train import train
 from cosalign.engine.upsample import upsample_logits
 from cosalign.minicity import MiniCitySpec, content_hash, make_minicity, minicity_config
+from cosalign.outputs import claim, remove_run_files
 from cosalign.viz import comparison_figure
 from cosalign.viz_alignment import run_viz
 
@@ -74,6 +75,7 @@ DISPLAY = {"source_only": "source-only", "target_bn": CONTROL, "minent": "MinEnt
            "advent": "AdvEnt", "ours": "ours", "ours_minent": "ours + MinEnt",
            "ours_advent": "ours + AdvEnt", "dacs": "DACS", "ours_dacs": "ours + DACS"}
 DEFAULT_METHODS = ("source_only", "target_bn", "ours")
+OUTPUTS = ("results.json", "figure.png", "features.png", "similarity.png")  # in --out
 
 
 def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs/demo",
@@ -87,15 +89,17 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
                           f"each, got {','.join(methods)}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    make_minicity(Path(data_dir), spec, progress=progress)
-    t_data = time.perf_counter() - t0
     overrides = [*REGIME, *(overrides or [])]
-    cfg = minicity_config(data_dir, overrides)
+    cfg = minicity_config(data_dir, overrides)  # every config checked before any work
     names = {m: DISPLAY.get(m, m) for m in methods}
     runs = {names[m]: minicity_config(data_dir, overrides, m) for m in methods}
     dirs = {names[m]: out_dir / m for m in methods}
-    for d in dirs.values():  # a fresh demo each time
-        shutil.rmtree(d, ignore_errors=True)
+    # a fresh demo each time: an earlier demo's runs are replaced, nothing else is touched
+    claim(out_dir, "cosalign demo", (*methods, *OUTPUTS))
+    for d in dirs.values():
+        remove_run_files(d)
+    make_minicity(Path(data_dir), spec, progress=progress)
+    t_data = time.perf_counter() - t0
 
     base, shown = names["source_only"], names[methods[-1]]
     warmup = cfg.align.start_iter
@@ -104,7 +108,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
               f"model.weights={cfg.model.weights}, model.bn={cfg.model.bn}")
         train(runs[base], dirs[base], progress, stop_at=warmup)
         for name in list(runs)[1:]:
-            dirs[name].mkdir(parents=True)
+            dirs[name].mkdir(parents=True, exist_ok=True)
             shutil.copy(list_checkpoints(dirs[base])[-1], dirs[name])
     results, seconds = {}, {}
     for name, run_cfg in runs.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import from_dict
+from cosalign.config import ConfigError, from_dict
 from cosalign.data.labels import NUM_CLASSES
 from cosalign.models import build_model
 
@@ -90,15 +90,54 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return state
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run folder's newest checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise CheckpointError(f"{path}: a folder without checkpoints (ckpt_*.pt)")
-        return found[-1]
-    return path
+def set_aside(path: Path, why: str) -> Path:
+    """Rename a checkpoint to ``<name>.<why>`` (kept for a look, no longer resumed from)."""
+    target = Path(path).with_name(f"{Path(path).name}.{why}")
+    os.replace(path, target)
+    return target
+
+
+def load_newest(run_dir: Path, map_location="cpu",
+                aside: bool = False) -> tuple[Path | None, dict | None, str]:
+    """``(path, state, note)`` of a run's newest checkpoint that loads, ``(None, None, note)``
+    when there is none. A newer one that does not load (truncated, corrupt) is skipped, and
+    the note says so; with ``aside`` it is also renamed ``*.unreadable`` (a resume does that)."""
+    notes = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as e:
+            if aside:
+                set_aside(path, "unreadable")
+            notes.append(f"{path.name} does not load ({str(e).split(': ', 1)[-1]})"
+                         + (f", set aside as {path.name}.unreadable" if aside else ""))
+            continue
+        return path, state, "; ".join(notes)
+    return None, None, "; ".join(notes)
+
+
+def load_model_state(model: torch.nn.Module, weights: dict, path: Path, expected: str = "") -> None:
+    """``model.load_state_dict(weights)`` with a :class:`CheckpointError` that names the first
+    layer whose shape differs (or that is missing or extra) instead of PyTorch's traceback;
+    ``expected`` describes the model that was built (e.g. its depth and class count)."""
+    own = model.state_dict()
+    for name, tensor in weights.items():
+        if name in own and tuple(own[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: layer {name} has shape {tuple(tensor.shape)} in the checkpoint, the "
+                f"model expects {tuple(own[name].shape)}{expected}")
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or extra:
+        which = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which the model lacks"
+        raise CheckpointError(f"{path}: the checkpoint {which} ({len(missing)} missing, "
+                              f"{len(extra)} extra layers){expected}")
+    model.load_state_dict(weights)
+
+
+def describe_model(cfg) -> str:
+    """", for model.depth=101, model.width=1, 19 classes": what a checkpoint is compared to."""
+    return (f" (the run's model: model.depth={cfg.model.depth}, model.width={cfg.model.width:g}, "
+            f"{NUM_CLASSES} classes)")
 
 
 WHICH = ("student", "teacher")  # the network a checkpoint is evaluated with
@@ -109,9 +148,21 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", which: st
     folder's newest), on ``device``, in eval mode, and the config it was trained with. Used by
     eval, predict, viz, the demo and the benchmarks. ``which="teacher"``: the EMA teacher of a
     self-training run instead of the student."""
-    path = resolve_checkpoint(path)
-    state = load_checkpoint(path, map_location=device)
-    cfg = from_dict(state["config"])
+    path = Path(path)
+    if path.is_dir():  # a run folder: its newest checkpoint that loads
+        folder = path
+        path, state, note = load_newest(folder, device)
+        if path is None:
+            raise CheckpointError(f"{folder}: a folder without a loadable checkpoint "
+                                  "(ckpt_*.pt)" + (f"; {note}" if note else ""))
+        if note:
+            print(f"note: {note}; using {path.name}")
+    else:
+        state = load_checkpoint(path, map_location=device)
+    try:
+        cfg = from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config does not load ({e})") from None
     model = build_model(cfg.model, NUM_CLASSES)
     weights = state["model"]
     if which == "teacher":
@@ -120,7 +171,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", which: st
             raise CheckpointError(f"{path}: no teacher in this checkpoint (it is not a "
                                   "self-training run); evaluate the student")
         weights = teacher["teacher"]
-    model.load_state_dict(weights)
+    load_model_state(model, weights, path)
     return model.to(device).eval(), cfg, path
 
 

@@ -29,6 +29,7 @@ from cosalign.engine.diagnostics import PremiseMeter
 from cosalign.engine.inference import save_prediction
 from cosalign.engine.tta import TTA
 from cosalign.engine.upsample import upsample_logits
+from cosalign.outputs import writable_dir, writable_file
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -162,6 +163,12 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
     ``which="teacher"`` evaluates a self-training run's EMA teacher."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, checkpoint = load_trained(checkpoint, device, which)
+    suffix = "" if which == "student" else f"_{which}"
+    out = Path(out) if out else Path(checkpoint).with_name(f"eval_{split}{suffix}")
+    for path in (out.with_suffix(".json"), out.with_suffix(".md")):  # before minutes of work
+        writable_file(path, "results file")
+    if save_predictions is not None:
+        writable_dir(save_predictions, "--save-predictions folder")
     val_cfg = cfg.data.val
     if data_root is not None:
         val_cfg = replace(val_cfg, root=str(data_root), list_file=None)
@@ -173,7 +180,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
     if save_predictions is not None:
         def on_batch(batch, pred, _out):
             for name, p in zip(batch["name"], pred.cpu().numpy().astype(np.uint8)):
-                save_prediction(Path(save_predictions), Path(name).stem, p)
+                save_prediction(Path(save_predictions) / Path(name).stem, p)
 
     cm = confusion_over(model, loader, NUM_CLASSES, device, align_corners=tta.align_corners,
                         progress=progress, predict=tta if tta.enabled else None,
@@ -185,9 +192,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
                     "align_corners": tta.align_corners, "protocol": tta.describe(),
                     "model": which,
                     "confusion": cm.tolist()})
-    suffix = "" if which == "student" else f"_{which}"
-    out = Path(out) if out else Path(checkpoint).with_name(f"eval_{split}{suffix}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     tables = "\n\n".join(format_table({Path(checkpoint).parent.name: results}, s) for s in subsets)
     out.with_suffix(".md").write_text(

@@ -15,38 +15,61 @@ from cosalign.data.transforms import normalize, resize_pair
 from cosalign.engine.checkpoint import load_trained
 from cosalign.engine.tta import TTA
 from cosalign.engine.upsample import upsample_logits
+from cosalign.outputs import OutputError, writable_dir
 from cosalign.viz import overlay, save_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def save_prediction(out_dir: Path, stem: str, pred: np.ndarray,
-                    image: np.ndarray | None = None) -> None:
-    """``<stem>_trainIds.png`` (8-bit trainIds), ``<stem>_color.png`` (palette) and, given the
-    image, ``<stem>_overlay.png``."""
+def save_prediction(base: Path, pred: np.ndarray, image: np.ndarray | None = None) -> None:
+    """``<base>_trainIds.png`` (8-bit trainIds), ``<base>_color.png`` (palette) and, given the
+    image, ``<base>_overlay.png``; ``base`` is a path without suffix, its folder made if missing."""
     import cv2
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_dir / f"{stem}_trainIds.png"), pred):
-        raise OSError(f"{out_dir / f'{stem}_trainIds.png'}: could not write")
-    save_rgb(out_dir / f"{stem}_color.png", colorize(pred))
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    path = base.with_name(f"{base.name}_trainIds.png")
+    if not cv2.imwrite(str(path), pred):
+        raise OSError(f"{path}: could not write")
+    save_rgb(base.with_name(f"{base.name}_color.png"), colorize(pred))
     if image is not None:
-        save_rgb(out_dir / f"{stem}_overlay.png", overlay(image, pred))
+        save_rgb(base.with_name(f"{base.name}_overlay.png"), overlay(image, pred))
 
 
-def find_images(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found (recursively) in folders, sorted."""
-    files: list[Path] = []
+def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """``(image file, name for its outputs)`` for the image files named directly (their file
+    name) or found recursively in folders (their path inside the folder), sorted per input.
+    The names keep the folders and the extension (``a/x.png``, ``a/x.jpg``), so two inputs
+    never share outputs; the same name from two inputs is an error."""
+    found: dict[Path, Path] = {}  # output name -> file
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in item.rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            pairs = [(p, p.relative_to(item)) for p in files]
         elif item.is_file():
-            files.append(item)
+            pairs = [(item, Path(item.name))]
         else:
             raise DatasetError(f"{item}: no such image or folder")
-    if not files:
+        for path, name in pairs:
+            other = found.setdefault(name, path)
+            if other.resolve() != path.resolve():
+                raise DatasetError(f"{other} and {path}: both would be written as {name}_*.png; "
+                                   "predict them into separate --out folders")
+    if not found:
         raise DatasetError(f"no images found in {inputs} (looked for {sorted(IMAGE_SUFFIXES)})")
-    return files
+    return [(path, name) for name, path in found.items()]
+
+
+def check_output(out_dir: Path, inputs: list[str]) -> Path:
+    """``out_dir`` is writable and not inside an input folder (whose next read would take the
+    predictions for images)."""
+    out = Path(out_dir).resolve()
+    for item in map(Path, inputs):
+        if item.is_dir() and out.is_relative_to(item.resolve()):
+            raise OutputError(f"{out_dir}: --out is inside the input folder {item}; choose a "
+                              "folder outside it")
+    return writable_dir(out_dir, "--out folder")
 
 
 @torch.no_grad()
@@ -54,12 +77,15 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
                    size: tuple[int, int] | None = None, tta: TTA = TTA(),
                    device: torch.device | None = None, progress: bool = True) -> list[Path]:
     """Segment arbitrary images at the checkpoint's input size (or ``size``), predictions at the
-    images' own resolution. Returns the images processed."""
+    images' own resolution, written as ``out_dir/<name>_trainIds.png`` (and ``_color``,
+    ``_overlay``) where ``<name>`` is the image's path inside its input folder, extension
+    included (:func:`find_images`). Returns the images processed."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    files = find_images(inputs)
+    check_output(Path(out_dir), inputs)
     model, cfg, _ = load_trained(checkpoint, device)
     size = tuple(size) if size else tuple(cfg.data.val.size)
-    files = find_images(inputs)
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress):
+    for path, name in tqdm(files, desc="predict", unit="img", disable=not progress):
         image = read_image(path)
         resized, _ = resize_pair(image, None, size, cfg.data.interpolation)
         x = normalize(resized, cfg.data.normalization)[None].to(device)
@@ -69,5 +95,5 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
         else:
             scores = upsample_logits(model(x).logits, full, tta.align_corners)
         pred = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        save_prediction(Path(out_dir), path.stem, pred, image)
-    return files
+        save_prediction(Path(out_dir) / name, pred, image)
+    return [path for path, _ in files]

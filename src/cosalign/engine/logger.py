@@ -11,16 +11,30 @@ import numpy as np
 from cosalign.engine import distributed
 
 
+class MetricsError(Exception):
+    """A metrics.jsonl line (other than a last one cut short by a kill) is not a JSON record."""
+
+
 class Logger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    """``resume_at``: the iteration the run continues from; the lines (and TensorBoard events)
+    of later iterations, written before an interruption, are dropped, so each iteration is
+    logged once however often the run was resumed."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_at: int = 0) -> None:
         self.enabled = distributed.is_main()
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
+        if self.enabled and self.path.is_file():
+            kept = [r for r in read_metrics(run_dir) if r["iter"] <= resume_at]
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in kept))
+            tmp.replace(self.path)
         if self.enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                self.tb = SummaryWriter(str(Path(run_dir) / "tb"),
+                                        purge_step=resume_at + 1 if resume_at else None)
             except ImportError:
                 self.tb = None
 
@@ -55,5 +69,25 @@ def _scalars(values: dict, prefix: str = ""):
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl`` ([] without one). A last line without its
+    newline is what a kill leaves mid-write: skipped (a resume drops it). Any other line that is
+    not a record is a :class:`MetricsError` naming the file and line."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("iter"), int):
+                raise ValueError("not a record with an integer 'iter'")
+        except ValueError as e:
+            if i == len(lines):  # cut short: the file does not end with a newline
+                break
+            raise MetricsError(f"{path}: line {i} is not a metrics record ({e})") from None
+        out.append(record)
+    return out

@@ -26,7 +26,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cosalign.config import Config, from_dict, to_dict
+from cosalign.config import Config, from_dict, to_dict, validate
 from cosalign.data import InfiniteSampler, build_dataset
 from cosalign.data.check import require_usable
 from cosalign.data.labels import IGNORE_INDEX, NUM_CLASSES, colorize
@@ -34,8 +34,9 @@ from cosalign.data.rcs import RareClassSampler, class_pixel_counts
 from cosalign.data.transforms import denormalize
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
+    describe_model,
+    load_model_state,
+    load_newest,
     load_optimizer,
     optimizer_state,
     rng_state,
@@ -43,8 +44,9 @@ from cosalign.engine.checkpoint import (
     set_rng_state,
     term_states,
 )
+from cosalign.engine.divergence import LossHistory, after_divergence
 from cosalign.engine.evaluate import evaluate
-from cosalign.engine.logger import Logger
+from cosalign.engine.logger import Logger, read_metrics
 from cosalign.engine.runtime import autocast_for, deterministic_mode, poly_lr, seed_everything
 from cosalign.engine.upsample import upsample_logits
 from cosalign.losses import ClassFeatureDictionary
@@ -54,11 +56,12 @@ from cosalign.models.weights import load_weights
 
 
 class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or inf; the run stops before the bad gradient is applied."""
+    """A loss term (or, before a checkpoint, a weight) became NaN or inf; the run stops before
+    the bad gradient is applied. ``advice`` (set by the loop) says where a resume starts."""
 
     def __init__(self, iteration: int, term: str, value: float) -> None:
-        super().__init__(f"iteration {iteration}: loss term '{term}' is {value}; training stopped "
-                         "before applying it (the last checkpoint on disk is intact)")
+        super().__init__(f"iteration {iteration}: loss term '{term}' is {value}; training "
+                         "stopped before applying it")
         self.iteration, self.term = iteration, term
 
 
@@ -187,6 +190,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
     ``stop_at`` pauses the run after that iteration with a checkpoint and no evaluation (returns
     None); calling again resumes it. The demo branches "ours" off a source-only warm-up this way.
     """
+    validate(cfg)  # a config changed in code after loading, too
     device = distributed.setup(cfg.train.device)
     with deterministic_mode(cfg.train.deterministic, device):
         return _train(cfg, Path(run_dir), device, progress, stop_at)
@@ -196,7 +200,6 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
            stop_at: int | None) -> dict | None:
     seed_everything(cfg.train.seed)
     main = distributed.is_main()
-    subsets = [cfg.data.classes, *cfg.data.extra_classes]
 
     # data: refuse a tree that `cosalign data check` rejects; target labels are never read
     for dom, labels in ((cfg.data.source, True), (cfg.data.target, False), (cfg.data.val, True)):
@@ -221,12 +224,16 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
                           weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
 
-    # resume from the newest checkpoint of this run, if any
+    # resume from the newest checkpoint of this run that loads, if any
     start = 0
-    ckpts = list_checkpoints(run_dir)
-    if ckpts:
-        state = load_checkpoint(ckpts[-1], map_location=device)
-        model.load_state_dict(state["model"])
+    path, state, note = load_newest(run_dir, device, aside=main)
+    if note and main:
+        tqdm.write(f"note: {note}")
+    if state is not None:
+        changed = _changed_keys(from_dict(state["config"]), cfg)
+        model_keys = [k for k in changed if k.startswith("model.")]
+        load_model_state(model, state["model"], path, describe_model(cfg) + (
+            f"; changed since the checkpoint: {', '.join(model_keys)}" if model_keys else ""))
         try:
             dictionary.load_state_dict(state["dictionary"])
         except ValueError as e:  # e.g. a branch that takes features from another layer
@@ -240,11 +247,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start = int(state["iteration"])
-        changed = _changed_keys(from_dict(state["config"]), cfg)
         if main:
             note = f" (config changed: {', '.join(changed)})" if changed else ""
             note += f"; {opt_note}" if opt_note else ""
-            tqdm.write(f"resuming {run_dir} from {ckpts[-1].name} at iteration {start}{note}")
+            tqdm.write(f"resuming {run_dir} from {path.name} at iteration {start}{note}")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -261,7 +267,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
                cfg.data.rcs_temperature, cfg.data.rcs_min_pixels)
     src_iter = batches(source, b, cfg.train.seed, start, w, rcs)
     tgt_iter = batches(target, b, cfg.train.seed + 1, start, w)
-    logger = Logger(run_dir)
+    logger = Logger(run_dir, resume_at=start)  # drops lines logged after the checkpoint
+    history = LossHistory(start, device)
     autocast = autocast_for(cfg.train.amp, device)
     t = cfg.train
     end = t.iters if stop_at is None else min(stop_at, t.iters)
@@ -273,32 +280,87 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_mult"]
         diagnose = (it + 1) % t.log_every == 0
-        values = train_step(net, next(src_iter), next(tgt_iter), it, terms, dictionary, opt,
-                            scaler, cfg.loss.aux, autocast, diagnose)
+        try:
+            values = train_step(net, next(src_iter), next(tgt_iter), it, terms, dictionary, opt,
+                                scaler, cfg.loss.aux, autocast, diagnose)
+        except NonFiniteLoss as e:
+            raise _diverged(e, run_dir, history, cfg, logger) from None
+        history.add(values["seg"])
         if diagnose:  # the only place the loop waits for the GPU to read numbers
             values = as_floats(values)
             bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()
                              if k in ("seg", "cos", "ent", "adv")})
             logger.log(it + 1, "train", {"lr": lr, "sec": time.perf_counter() - t0, **values})
         last = it + 1 == t.iters
+        # the evaluation is logged before the checkpoint is written: a run resumed from a
+        # checkpoint has every line up to it
+        if (t.eval_every and (it + 1) % t.eval_every == 0) or last:
+            results = _evaluate(model, val, device, dictionary, cfg, logger, it + 1, progress)
         if main and ((it + 1) % t.checkpoint_every == 0 or it + 1 == end):
+            try:
+                _check_weights(it + 1, model, terms)
+            except NonFiniteLoss as e:
+                raise _diverged(e, run_dir, history, cfg, logger) from None
             save_checkpoint(_state(it + 1, model, dictionary, opt, terms, scaler, cfg),
                             run_dir, it + 1, t.keep_checkpoints)
-        if (t.eval_every and (it + 1) % t.eval_every == 0) or last:
-            results = evaluate(model, val, device, dictionary=dictionary, tau=cfg.align.tau,
-                               subsets=subsets, progress=progress and main)
-            logger.log(it + 1, "eval", {k: v for k, v in results.items() if k != "confusion"})
-            if logger.tb is not None:
-                _log_predictions(logger, model, val, it + 1, device)
-            if main:
-                tqdm.write(f"iter {it + 1}: mIoU ({subsets[0]}) {results['miou'][subsets[0]]:.2f}")
-    logger.close()
     if end < t.iters:
+        logger.close()
         return None
-    if start >= t.iters:  # nothing left to train: evaluate the checkpoint as it is
-        results = evaluate(model, val, device, dictionary=dictionary, tau=cfg.align.tau,
-                           subsets=subsets, progress=progress and main)
+    if start >= t.iters:  # nothing left to train: the final evaluation, logged if it is not
+        logged = any(r["kind"] == "eval" and r["iter"] == start for r in read_metrics(run_dir))
+        results = _evaluate(model, val, device, dictionary, cfg, None if logged else logger,
+                            start, progress)
+    logger.close()
     return results
+
+
+def _evaluate(model, val, device, dictionary, cfg: Config, logger: Logger | None, it: int,
+              progress: bool) -> dict:
+    """Evaluate on ``val``, log it (unless ``logger`` is None) and print the headline mIoU."""
+    subsets = [cfg.data.classes, *cfg.data.extra_classes]
+    main = distributed.is_main()
+    results = evaluate(model, val, device, dictionary=dictionary, tau=cfg.align.tau,
+                       subsets=subsets, progress=progress and main)
+    if logger is not None:
+        logger.log(it, "eval", {k: v for k, v in results.items() if k != "confusion"})
+        if logger.tb is not None:
+            _log_predictions(logger, model, val, it, device)
+    if main:
+        tqdm.write(f"iter {it}: mIoU ({subsets[0]}) {results['miou'][subsets[0]]:.2f}")
+    return results
+
+
+def _diverged(e: NonFiniteLoss, run_dir: Path, history: LossHistory, cfg: Config,
+              logger: Logger) -> NonFiniteLoss:
+    """``e`` with the advice of engine/divergence.py, after setting aside the checkpoints
+    written during the blow-up that led to it."""
+    logger.close()
+    if distributed.is_main():
+        advice = after_divergence(run_dir, e.iteration, history.recent(), e.term, cfg)
+        e.args = (f"{e}; {advice}",)
+    return e
+
+
+def _check_weights(it: int, model, terms: list[Term]) -> None:
+    """Raise :class:`NonFiniteLoss` if a weight of the network or of a term (a teacher, the
+    discriminators) is NaN or inf: such a checkpoint is never written."""
+    tensors = [*model.state_dict().values()]
+    for term in terms:
+        tensors += [v for v in _tensors(term.state_dict())]
+    floats = [v for v in tensors if v.is_floating_point()]
+    if floats and not torch.stack([v.isfinite().all() for v in floats]).all():
+        raise NonFiniteLoss(it, "weights", float("nan"))
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def _changed_keys(old: Config, new: Config) -> list[str]:
