@@ -248,3 +248,26 @@ def test_synthia_fixture_is_a_real_16bit_three_channel_png(tmp_path):
     assert raw.dtype == np.uint16 and raw.ndim == 3
     assert synthia_label(np.random.default_rng(0), 4, 2).dtype == np.uint16
     assert Path(root / "RGB" / "0000000.png").is_file()
+
+
+def test_require_usable_rechecks_a_changed_list_file_or_linked_folder(tmp_path, monkeypatch):
+    """The cached verdict keys on what the check read: a list file outside the tree and files
+    behind a symlinked folder count."""
+    monkeypatch.setattr("cosalign.data.check.CACHE_DIR", tmp_path / "cache")
+    real = make_gta5(tmp_path / "real", n=3, odd_one=False)
+    root = tmp_path / "g"
+    root.mkdir()
+    for sub in ("images", "labels"):
+        (root / sub).symlink_to(real / sub)
+    listed = tmp_path / "lists" / "train.txt"
+    listed.parent.mkdir()
+    listed.write_text("00000.png\n00001.png\n")
+    require_usable(root, "gta5", list_file=listed, progress=False)
+    (real / "images" / "00001.png").write_bytes(b"not a png")  # behind the link
+    with pytest.raises(DatasetError, match="00001.png: unreadable"):
+        require_usable(root, "gta5", list_file=listed, progress=False)
+    listed.write_text("00000.png\n")  # the list no longer names it: usable again
+    require_usable(root, "gta5", list_file=listed, progress=False)
+    listed.write_text("00000.png\n00001.png\n")  # and names it again: checked again
+    with pytest.raises(DatasetError, match="00001.png: unreadable"):
+        require_usable(root, "gta5", list_file=listed, progress=False)

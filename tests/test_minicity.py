@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from cosalign.data import dataset_pairs
 from cosalign.data.check import check_dataset
@@ -25,6 +26,7 @@ from cosalign.minicity.generate import (
 from cosalign.minicity.render import render
 from cosalign.minicity.scene import sample_scene
 from cosalign.minicity.styles import DUSK, FOG, GAME, PHOTO
+from cosalign.outputs import OutputError
 from tests.conftest import TINY
 
 
@@ -136,3 +138,33 @@ def test_content_hash_is_the_hash_of_the_files_written(tmp_path):
     assert combine_digests(items[::-1]) != combine_digests(items)
     label[0, 0] ^= 1
     assert array_digest(image, label) != items[-1][1]
+
+
+def test_make_refuses_empty_splits_and_foreign_folders_and_drops_its_stale_files(tmp_path,
+                                                                                  capsys):
+    from cosalign.cli import main
+
+    assert main(["data", "make", "--out", str(tmp_path / "m"), "--num-source", "20"]) == 2
+    assert "source train list is not empty; got 20" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    spec = dataclasses.replace(SMALL, num_target_train=3)
+    with pytest.raises(OutputError, match="not a MiniCity folder"):
+        make_minicity(mine, spec, workers=1, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # a smaller MiniCity over a larger one: the old target images beyond its count are gone,
+    # nothing else is touched
+    root = tmp_path / "m"
+    make_minicity(root, spec, workers=1, progress=False)
+    (root / "cityscapes" / "notes.txt").write_text("mine")
+    make_minicity(root, dataclasses.replace(spec, num_target_train=1), workers=1, progress=False)
+    assert len(dataset_pairs("cityscapes", root / "cityscapes", "train")) == 1
+    assert (root / "cityscapes" / "notes.txt").read_text() == "mine"
+    # an interrupted generation (stamp without content hash) is finished by the next call
+    stamp = json.loads((root / "minicity.json").read_text())
+    (root / "minicity.json").write_text(json.dumps({k: v for k, v in stamp.items()
+                                                    if k != "content_sha256"}))
+    assert make_minicity(root, dataclasses.replace(spec, num_target_train=1), workers=1,
+                         progress=False)

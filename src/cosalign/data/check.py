@@ -5,7 +5,8 @@ The check reads every image and label once and reports, with file names: missing
 images without labels and labels without images, unreadable or truncated files, image/label size
 mismatches, raw ids that do not belong to the dataset, SYNTHIA labels that are not 16-bit
 3-channel PNGs (the tell-tale of a Pillow round trip), and the class pixel histogram. A verdict is
-cached per tree (keyed by the files' names, sizes and times) so ``cosalign train`` can refuse a
+cached per tree (keyed by the resolved path, size and time of every file the check reads,
+list files and symlinked folders included) so ``cosalign train`` can refuse a
 bad tree before its first iteration at no cost the second time.
 """
 
@@ -191,12 +192,23 @@ def _orphan_labels(dataset: str, root: Path, split: str) -> list[Path]:
     return [p for p in _raw_labels(dataset, root, split) if not image_of(p).is_file()]
 
 
-def _signature(root: Path, dataset: str, split: str, list_file) -> str:
-    h = hashlib.sha1(f"{root.resolve()}|{dataset}|{split}|{list_file}".encode())
-    for dirpath, _, files in sorted(os.walk(root)):
-        for name in sorted(files):
-            st = os.stat(os.path.join(dirpath, name))
-            h.update(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+def _signature(root: Path, dataset: str, split: str, list_file, labels: bool) -> str | None:
+    """A key of everything the check reads: the list file (wherever it is) and every file of
+    the pairs and of the orphan-label search, by resolved path, size and time (symlinks
+    followed). None when the pairs cannot be listed (the check reports why; nothing cached)."""
+    h = hashlib.sha1(f"{root.resolve()}|{dataset}|{split}|labels={labels}".encode())
+    try:
+        pairs = dataset_pairs(dataset, root, split, list_file, labels=labels)
+        files = [p for pair in pairs for p in pair if p is not None]
+        if list_file is not None:
+            files.append(Path(list_file))
+        if list_file is None and labels:
+            files += _raw_labels(dataset, root, split)
+        for path in files:
+            st = os.stat(path)  # follows symlinks: the file that is read
+            h.update(f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    except (DatasetError, OSError):
+        return None
     return h.hexdigest()
 
 
@@ -206,16 +218,20 @@ def require_usable(root: str | Path, dataset: str, split: str = "train",
     """Raise :class:`DatasetError` with ``data check``'s report unless the tree is usable; the
     verdict for an unchanged tree is cached under ~/.cache/cosalign (COSALIGN_CACHE)."""
     root = Path(root)
-    key = _signature(root, dataset, f"{split}|labels={labels}", list_file)
+    key = _signature(root, dataset, split, list_file, labels)
     cache = CACHE_DIR / "checks" / f"{key}.json"
-    if cache.is_file():
+    if key is not None and cache.is_file():
         return
     report = check_dataset(root, dataset, split, list_file, progress, labels)
     if not report.usable:
         raise DatasetError(f"{root} is not a usable {dataset} tree "
                            f"(cosalign data check says):\n{report.format(5, histogram=False)}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(asdict(report)))
+    if key is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(asdict(report)))
+        except OSError:  # a read-only home: the check runs again next time
+            pass
 
 
 def convert_labels(root: str | Path, dataset: str, split: str = "train",

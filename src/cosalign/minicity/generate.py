@@ -11,6 +11,11 @@ GTA5 and Cityscapes do. Everything is a deterministic function of the seed.
     ROOT/cityscapes/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png
     ROOT/minicity.json    the generator's parameters (a cache key) and the content's hash
 
+It is written into a new or empty folder, or over an earlier MiniCity (whose files the new one
+does not replace are removed: a smaller target split must not keep the old images); an
+interrupted generation is finished by the next call (the stamp has no content hash until the
+last file is written).
+
 The content hash (``content_sha256``) covers the decoded pixels and labels of every file in
 order, not the PNG bytes (which another zlib could encode differently): equal hashes mean equal
 data. ``tests/test_minicity.py`` compares a small MiniCity's hash with a recorded one, so a
@@ -28,11 +33,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cosalign.config import ConfigError
 from cosalign.minicity.cache import code_hash
 from cosalign.minicity.pool import render_pool
 from cosalign.minicity.render import render
 from cosalign.minicity.scene import sample_scene
 from cosalign.minicity.styles import GAME, PHOTO, Style
+from cosalign.outputs import OutputError, writable_dir
 
 FORMAT_VERSION = 2
 CONTENT = "content_sha256"  # the stamp's field holding the content hash
@@ -55,6 +62,18 @@ class MiniCitySpec:
     source_style: Style = field(default=GAME)
     target_style: Style = field(default=PHOTO)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_source <= self.num_source_val:
+            raise ConfigError(f"num_source (--num-source): expected more than num_source_val "
+                              f"({self.num_source_val}, the source val split), so that the "
+                              f"source train list is not empty; got {self.num_source}")
+        if self.num_source_val < 0:
+            raise ConfigError(f"num_source_val: expected >= 0, got {self.num_source_val}")
+        for name in ("num_target_train", "num_target_val"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected at least 1 image (an empty split is not "
+                                  f"usable), got {getattr(self, name)}")
 
     def key(self) -> dict:
         return {"version": FORMAT_VERSION, "generator": code_hash(*GENERATOR),
@@ -110,6 +129,17 @@ def _jobs(root: Path, spec: MiniCitySpec) -> list[tuple]:
     return jobs
 
 
+def _counts(recorded: dict) -> MiniCitySpec:
+    """A spec with the image counts of a recorded key (what names its files); the default
+    counts where the record has none."""
+    counts = {k: recorded[k] for k in ("num_source", "num_source_val", "num_target_train",
+                                       "num_target_val") if isinstance(recorded.get(k), int)}
+    try:
+        return MiniCitySpec(**counts)
+    except ConfigError:
+        return MiniCitySpec()
+
+
 def content_hash(root: Path) -> str | None:
     """The content hash recorded when MiniCity under ``root`` was generated (None if none)."""
     stamp = Path(root) / "minicity.json"
@@ -121,13 +151,27 @@ def make_minicity(root: Path, spec: MiniCitySpec = MiniCitySpec(), workers: int 
     """Write MiniCity under ``root`` unless an identical one is there. Returns True if written."""
     root = Path(root)
     stamp = root / "minicity.json"
+    jobs = _jobs(root, spec)
     if stamp.is_file():
-        recorded = json.loads(stamp.read_text())
+        try:
+            recorded = json.loads(stamp.read_text())
+        except ValueError:
+            recorded = {}
         if CONTENT in recorded and {k: v for k, v in recorded.items() if k != CONTENT} \
                 == spec.key():
             return False
-    stamp.unlink(missing_ok=True)
-    jobs = _jobs(root, spec)
+        # another MiniCity was here: remove its files that this one does not write over
+        # (they would join the target split), and only those
+        new = {job[i] for job in jobs for i in (0, 1)}
+        for job in _jobs(root, _counts(recorded)):
+            for path in job[:2]:
+                if path not in new:
+                    path.unlink(missing_ok=True)
+    elif root.is_dir() and any(root.iterdir()):
+        raise OutputError(f"{root}: not empty and not a MiniCity folder (no minicity.json); "
+                          "MiniCity is written into a new or empty folder")
+    writable_dir(root, "MiniCity folder")
+    stamp.write_text(json.dumps(spec.key(), indent=1))  # in progress: no content hash yet
     digests = list(render_pool(_write, jobs, workers, "MiniCity", progress))
     content = combine_digests([(job[0].relative_to(root).as_posix(), d)
                                for job, d in zip(jobs, digests)])
