@@ -38,10 +38,12 @@ def test_exponent_notation_is_a_float():
         load_config(None, ["train.iters=1e3"])
 
 
-def test_unknown_key_lists_valid_keys():
+def test_unknown_key_names_the_nearest_and_the_section_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["loss.lamda=1"])
-    assert "loss.lamda" in str(e.value) and "align.tau" in str(e.value)
+    assert "loss.lamda" in str(e.value) and "keys of loss: aux, cos, ent" in str(e.value)
+    with pytest.raises(ConfigError, match="did you mean align.tau"):
+        load_config(None, ["loss.tua=0.5"])  # loss.tau is align.tau's old name
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(None, ["loss=1"])
 

@@ -253,6 +253,22 @@ def _keys(obj, prefix: str = "") -> list[str]:
     return out
 
 
+def _suggest(cfg: Config, key: str) -> str:
+    """"; did you mean align.tau? (keys of loss: ...)": the nearest keys (old names by their
+    new ones) and the keys of the section named."""
+    import difflib
+
+    keys = _keys(cfg)
+    names = {**{k: k for k in keys}, **{old: new for old, (new, _) in RENAMED.items()},
+             **{k.split(".", 1)[1]: k for k in keys if k.count(".") == 1}}
+    close = {names[m] for m in difflib.get_close_matches(key, names, n=3, cutoff=0.8)}
+    section = key.split(".")[0]
+    inside = [k.split(".", 1)[1] for k in keys if k.startswith(section + ".")]
+    where = (f"keys of {section}: {', '.join(inside)}" if inside else
+             f"sections: {', '.join(sorted({k.split('.')[0] for k in keys}))}")
+    return (f"; did you mean {' or '.join(sorted(close))}?" if close else "") + f" ({where})"
+
+
 def _coerce(value, hint, key: str):
     """Check ``value`` against the type hint of field ``key`` (ints pass for floats, lists for
     tuples, None for optional fields; YAML 1.1 reads ``1e-3`` as a string, so a string that
@@ -304,7 +320,7 @@ def set_key(cfg: Config, key: str, value) -> None:
             break
     fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
     if parts[-1] not in fields or dataclasses.is_dataclass(getattr(obj, parts[-1])):
-        raise ConfigError(f"unknown config key {key!r}; valid keys:\n  " + "\n  ".join(_keys(cfg)))
+        raise ConfigError(f"unknown config key {key!r}{_suggest(cfg, key)}")
     hints = typing.get_type_hints(type(obj))
     value = _coerce(value, hints[parts[-1]], key)
     _check_value(key, fields[parts[-1]], value)

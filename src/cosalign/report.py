@@ -31,6 +31,7 @@ from cosalign.config import Config, ConfigError, flatten, from_dict, to_dict
 from cosalign.data.labels import CLASS_NAMES, class_subset
 from cosalign.engine.logger import read_metrics
 from cosalign.methods import METHODS, method_name
+from cosalign.outputs import writable_dir
 
 # config keys that do not change what a run measures (paths differ between machines)
 IGNORED = ("train.seed", "train.device", "train.log_every", "train.eval_every",
@@ -267,11 +268,10 @@ def report(paths: list[str | Path], out_dir: str | Path, baseline: str = "source
     """Load, check, tabulate and plot; returns the Markdown that report.md holds."""
     from cosalign.viz import curves_figure
 
+    out = writable_dir(out_dir, "--out folder")
     runs = [load_run(p, by) for p in expand(paths)]
     warnings = check_together(runs)
     rows, baseline = build(runs, baseline)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     headline = runs[0].cfg.data.classes
     text = (f"# Results of {len(runs)} runs\n\nEvaluation: "
             f"{', '.join(f'{k}={v}' for k, v in evaluation_key(runs[0].cfg).items())}; the "

@@ -30,6 +30,7 @@ from cosalign.engine.checkpoint import load_checkpoint, load_trained
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.losses.cosine import flatten_normalized
 from cosalign.losses.dictionary import labels_to_grid
+from cosalign.outputs import writable_dir
 
 
 @torch.no_grad()
@@ -83,8 +84,7 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
     import matplotlib.pyplot as plt
 
     device = device or torch.device("cpu")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir, "--out folder")
     loaded = [(path, model, cfg) for model, cfg, path in
               (load_trained(c, device) for c in checkpoints)]  # a run folder: its newest
     cfg = loaded[-1][2]
