@@ -128,7 +128,10 @@ def test_command_line_cases(trained, tmp_path, capsys):
     image = str(trained / "config.yaml")  # any existing path for argparse-stage errors
     images = tmp_path / "images"
     images.mkdir()
-    (images / "a.png").write_bytes(b"")
+    other = tmp_path / "other"
+    other.mkdir()
+    for folder in (images, other):
+        (folder / "a.png").write_bytes(b"")
     cases = [
         (["eval", "--checkpoint", ckpt, "--size", "0", "0"], "--size"),
         (["eval", "--checkpoint", ckpt, "--scales", "0"], "--scales"),
@@ -144,6 +147,11 @@ def test_command_line_cases(trained, tmp_path, capsys):
         (["predict", "--checkpoint", ckpt, str(tmp_path / "no.png"), "--out", str(tmp_path)],
          "no such image"),
         (["predict", "--checkpoint", ckpt, str(images), "--out", str(afile)], "is a file"),
+        (["predict", "--checkpoint", ckpt, str(images / "a.png"), str(other / "a.png"),
+          "--out", str(tmp_path / "p")], "both would be written as a.png"),
+        (["predict", "--checkpoint", ckpt, str(images), "--out", str(images / "p")],
+         "inside the input folder"),
+        (["demo", "--out", str(afile)], "is a file"),
         (["train", "--config", "nosuchpreset"], "nosuchpreset"),
         (["train", "--config", "minicity", "--method", "foo"], "--method"),
         (["train", "--resume", str(tmp_path / "nothing")], "no config in the run"),
@@ -164,7 +172,7 @@ def test_command_line_cases(trained, tmp_path, capsys):
         code, err = run_cli(argv, capsys)
         assert_one_line(code, err, word)
     assert afile.read_text() == "the user's"
-    for made in ("d", "m"):
+    for made in ("d", "m", "p", "images/p"):
         assert not (tmp_path / made).exists()
 
 
