@@ -210,16 +210,24 @@ def test_data_check_flags_pillow_round_tripped_synthia_label(tmp_path):
     assert "Pillow" in report.format()
 
 
+def usable(root, dataset, split="train", list_file=None):
+    from cosalign.data.classes import load_class_set
+
+    domain = DomainConfig(dataset=dataset, root=str(root), split=split,
+                          list_file=None if list_file is None else str(list_file))
+    require_usable(domain, load_class_set("cityscapes"), progress=False)
+
+
 def test_require_usable_refuses_before_training_and_caches(tmp_path, monkeypatch):
     monkeypatch.setattr("cosalign.data.check.CACHE_DIR", tmp_path / "cache")
     good = make_cityscapes(tmp_path / "c", split="train")
-    require_usable(good, "cityscapes", "train", progress=False)
+    usable(good, "cityscapes", "train")
     assert len(list((tmp_path / "cache" / "checks").iterdir())) == 1
-    require_usable(good, "cityscapes", "train", progress=False)  # cached, still fine
+    usable(good, "cityscapes", "train")  # cached, still fine
     bad = make_gta5(tmp_path / "g", n=2)
     (bad / "images" / "00001.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="(?s)not a usable gta5 tree.*00001.png: unreadable"):
-        require_usable(bad, "gta5", progress=False)
+        usable(bad, "gta5")
 
 
 def test_data_convert_writes_train_ids_that_readers_prefer(tmp_path):
@@ -262,12 +270,12 @@ def test_require_usable_rechecks_a_changed_list_file_or_linked_folder(tmp_path, 
     listed = tmp_path / "lists" / "train.txt"
     listed.parent.mkdir()
     listed.write_text("00000.png\n00001.png\n")
-    require_usable(root, "gta5", list_file=listed, progress=False)
+    usable(root, "gta5", list_file=listed)
     (real / "images" / "00001.png").write_bytes(b"not a png")  # behind the link
     with pytest.raises(DatasetError, match="00001.png: unreadable"):
-        require_usable(root, "gta5", list_file=listed, progress=False)
+        usable(root, "gta5", list_file=listed)
     listed.write_text("00000.png\n")  # the list no longer names it: usable again
-    require_usable(root, "gta5", list_file=listed, progress=False)
+    usable(root, "gta5", list_file=listed)
     listed.write_text("00000.png\n00001.png\n")  # and names it again: checked again
     with pytest.raises(DatasetError, match="00001.png: unreadable"):
-        require_usable(root, "gta5", list_file=listed, progress=False)
+        usable(root, "gta5", list_file=listed)

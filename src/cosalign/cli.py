@@ -11,13 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from cosalign.config import DATASETS, DEVICES, ConfigError
+from cosalign.config import DATASETS, DEVICES, ConfigError, class_set_of
 from cosalign.engine.checkpoint import WHICH
 from cosalign.methods.table import METHODS
 from cosalign.minicity.styles import TARGET_STYLES
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from cosalign.data.classes import ClassSetError
     from cosalign.data.dataset import DatasetError
     from cosalign.engine.checkpoint import CheckpointError
     from cosalign.engine.distributed import DeviceError
@@ -26,7 +27,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from cosalign.outputs import OutputError
 
     return (ConfigError, DatasetError, CheckpointError, DeviceError, WeightsError, OutputError,
-            MetricsError)
+            MetricsError, ClassSetError)
 
 
 def cmd_demo(args) -> int:
@@ -61,7 +62,7 @@ def cmd_train(args) -> int:
         run_dir = Path("runs") / f"{Path(config).stem}_{args.method or 'default'}"
     results = train(cfg, run_dir, progress=not args.quiet)
     if distributed.is_main():
-        print(format_table({run_dir.name: results}, cfg.data.classes))
+        print(format_table({run_dir.name: results}, cfg.data.classes, class_set_of(cfg)))
     distributed.cleanup()
     return 0
 
@@ -97,7 +98,7 @@ def cmd_eval(args) -> int:
         device=distributed.setup(args.device), progress=not args.quiet, which=args.model)
     print(f"{results['images']} images, {results['protocol']}")
     for subset in results["miou"]:
-        print(format_table({"IoU (%)": results}, subset) + "\n")
+        print(format_table({"IoU (%)": results}, subset, results["class_set"]) + "\n")
     return 0
 
 
@@ -143,10 +144,24 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    from cosalign.config import DomainConfig
+    from cosalign.data import check_domain
     from cosalign.data.check import check_splits
+    from cosalign.data.classes import load_class_set
 
+    class_set = load_class_set(args.classes)
+    domain = DomainConfig(dataset=args.dataset, root=args.root, split=args.split or "train",
+                          conditions=args.conditions, image_suffix=args.image_suffix,
+                          label_suffix=args.label_suffix, label_values=args.label_values)
+    try:
+        check_domain(domain, class_set)
+    except ValueError as e:
+        raise ConfigError(f"--{str(e).split(':')[0].replace('_', '-')}: "
+                          f"{str(e).split(': ', 1)[1]}") from None
     reports = check_splits(args.root, args.dataset, args.split, args.list_file,
-                           progress=not args.quiet)
+                           progress=not args.quiet, class_set=class_set,
+                           conditions=args.conditions, image_suffix=args.image_suffix,
+                           label_suffix=args.label_suffix, label_values=args.label_values)
     print("\n\n".join(r.format() for r in reports))
     if len(reports) > 1:
         bad = [r.split for r in reports if not r.usable]
@@ -158,6 +173,8 @@ def cmd_data_check(args) -> int:
 def cmd_data_convert(args) -> int:
     from cosalign.data.check import convert_labels
 
+    if args.conditions:
+        raise ConfigError("--conditions: data convert converts every condition's labels")
     n = convert_labels(args.root, args.dataset, args.split or "train", args.list_file,
                        args.force, progress=not args.quiet)
     print(f"wrote {n} *_labelTrainIds.png file(s) under {args.root}")
@@ -302,12 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
         c = dsub.add_parser(name, help=helptext)
         c.add_argument("root")
         c.add_argument("--dataset", required=True, choices=DATASETS)
-        c.add_argument("--split", help="cityscapes split (check: default every split present; "
-                       "convert: default train)")
+        c.add_argument("--split", help="cityscapes, acdc, darkzurich split (check: cityscapes "
+                       "default every split present; darkzurich val; else train)")
         c.add_argument("--list-file")
+        c.add_argument("--conditions", nargs="+", default=[], metavar="COND",
+                       help="acdc: fog night rain snow (default all); darkzurich: night day "
+                       "twilight (default night)")
         c.add_argument("--quiet", action="store_true")
         if name == "convert":
             c.add_argument("--force", action="store_true", help="rewrite existing files")
+        else:
+            c.add_argument("--classes", default="cityscapes", metavar="SET",
+                           help="class set: cityscapes, synthia16, synthia13 or a YAML file")
+            c.add_argument("--image-suffix", default="", help="folder: what ends an image "
+                           "file name after its path (default: any image extension)")
+            c.add_argument("--label-suffix", default=".png", help="folder: the same for labels")
+            c.add_argument("--label-values", metavar="FILE",
+                           help="folder: the tree's own values map onto the class set")
         c.set_defaults(func=func)
     return p
 

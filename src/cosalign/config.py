@@ -23,7 +23,7 @@ import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
-DATASETS = ("gta5", "synthia", "cityscapes")
+DATASETS = ("gta5", "synthia", "cityscapes", "acdc", "darkzurich", "folder")
 NORMALIZATIONS = ("caffe", "imagenet")
 INTERPOLATIONS = ("bilinear", "bicubic")
 FEATURE_LAYERS = ("layer4", "layer4_pre", "layer3")
@@ -88,8 +88,18 @@ class DomainConfig:
 
     dataset: str = choice("gta5", DATASETS)
     root: str = "data/gta5"
-    split: str = "train"  # cityscapes only: a folder of leftImg8bit/ (train, val, test...)
-    list_file: str | None = None  # optional list of images (relative to the image folder)
+    split: str = "train"  # cityscapes, acdc, darkzurich: train, val (test: no labels)
+    # acdc: fog, night, rain, snow (default all); darkzurich: night, day, twilight (default
+    # night; val has night only)
+    conditions: list[str] = field(default_factory=list)
+    # optional list of images (relative to the image folder; folder: "image label" pairs)
+    list_file: str | None = None
+    # folder: ROOT/images/<path><image_suffix> pairs with ROOT/labels/<path><label_suffix>
+    # (image_suffix "" = any image extension); label_values: a YAML file with this domain's own
+    # `values` (and `ignore`) onto the class set, when its files use other values
+    image_suffix: str = ""
+    label_suffix: str = ".png"
+    label_values: str | None = None
     # resize to (width, height); None keeps size
     size: tuple[int, int] | None = bounded((1280, 720), 1)
     crop: tuple[int, int] | None = bounded(None, 1)  # random crop (width, height) after resizing
@@ -105,7 +115,12 @@ class DataConfig:
         dataset="cityscapes", root="data/cityscapes", size=(1024, 512)))
     val: DomainConfig = field(default_factory=lambda: DomainConfig(
         dataset="cityscapes", root="data/cityscapes", split="val", size=(1024, 512)))
-    classes: str = "cityscapes19"  # headline class subset for mIoU (data/labels.py)
+    # the classes predicted: cityscapes (19), synthia16, synthia13, or a YAML file
+    # (data/classes.py)
+    class_set: str = "cityscapes"
+    # headline class subset for mIoU, one of the class set's (a file's set: its name, the
+    # default when this is left at cityscapes19)
+    classes: str = "cityscapes19"
     extra_classes: list[str] = field(default_factory=list)  # also reported, e.g. synthia13
     normalization: str = choice("caffe", NORMALIZATIONS)  # caffe: BGR - mean
     interpolation: str = choice("bilinear", INTERPOLATIONS)  # image resize
@@ -355,15 +370,18 @@ def validate(cfg: Config) -> Config:
     after loading), then what one field cannot say alone: class subsets by name, the
     pseudo-label bands, the dictionary's sizes. Raises :class:`ConfigError` naming the key;
     returns ``cfg``."""
-    from cosalign.data.labels import CLASS_SUBSETS
-
     for key, f, value in _fields(cfg):
         _check_value(key, f, value)
 
+    sets = class_set_of(cfg)
+    if cfg.data.classes == "cityscapes19" and "cityscapes19" not in sets.subset_names:
+        cfg.data.classes = sets.subset_names[0]  # the default: the set's full subset
     for key, name in [("data.classes", cfg.data.classes),
                       *(("data.extra_classes", n) for n in cfg.data.extra_classes)]:
-        if name not in CLASS_SUBSETS:
-            raise ConfigError(f"{key}: expected one of {', '.join(CLASS_SUBSETS)}, got {name!r}")
+        if name not in sets.subset_names:
+            raise ConfigError(f"{key}: expected a class subset of data.class_set "
+                              f"{cfg.data.class_set!r}: one of {', '.join(sets.subset_names)}; "
+                              f"got {name!r}")
     st = cfg.selftrain
     if st.ignore_top + st.ignore_bottom >= 1:
         raise ConfigError(f"selftrain.ignore_top + selftrain.ignore_bottom: expected < 1 (rows "
@@ -372,12 +390,25 @@ def validate(cfg: Config) -> Config:
     if d.per_image > d.capacity:
         raise ConfigError(f"dictionary.per_image: expected at most dictionary.capacity "
                           f"({d.capacity}), got {d.per_image}")
+    from cosalign.data import check_domain
+
     for name in ("source", "target", "val"):
         dom = getattr(cfg.data, name)
-        if dom.dataset == "cityscapes" and not dom.split.strip():
-            raise ConfigError(f"data.{name}.split: expected a Cityscapes split (train, val...), "
-                              f"got {dom.split!r}")
+        try:
+            check_domain(dom, sets)
+        except ValueError as e:
+            raise ConfigError(f"data.{name}.{e}") from None
     return cfg
+
+
+def class_set_of(cfg: Config):
+    """The run's :class:`cosalign.data.classes.ClassSet` (``data.class_set``)."""
+    from cosalign.data.classes import ClassSetError, load_class_set
+
+    try:
+        return load_class_set(cfg.data.class_set)
+    except ClassSetError as e:
+        raise ConfigError(f"data.class_set: {e}") from None
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

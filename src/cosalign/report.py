@@ -27,8 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from cosalign.config import Config, ConfigError, flatten, from_dict, to_dict
-from cosalign.data.labels import CLASS_NAMES, class_subset
+from cosalign.config import Config, ConfigError, class_set_of, flatten, from_dict, to_dict
 from cosalign.engine.logger import read_metrics
 from cosalign.methods import METHODS, method_name
 from cosalign.outputs import writable_dir
@@ -74,7 +73,8 @@ def evaluation_key(cfg: Config) -> dict:
     v = cfg.data.val
     return {"data.val.dataset": v.dataset, "data.val.split": v.split,
             "data.val.list_file": Path(v.list_file).name if v.list_file else None,
-            "data.val.size": list(v.size) if v.size else None, "data.classes": cfg.data.classes,
+            "data.val.size": list(v.size) if v.size else None,
+            "data.class_set": cfg.data.class_set, "data.classes": cfg.data.classes,
             "data.extra_classes": list(cfg.data.extra_classes)}
 
 
@@ -177,14 +177,15 @@ def build(runs: list[Run], baseline: str) -> tuple[list[dict], str]:
     if baseline not in groups:
         baseline = ""
     subsets = [runs[0].cfg.data.classes, *runs[0].cfg.data.extra_classes]
+    class_set = class_set_of(runs[0].cfg)
     base = {r.seed: r for r in runs if r.group == baseline}
     rows = []
     for subset in subsets:
         for group in groups:
             members = sorted((r for r in runs if r.group == group), key=lambda r: r.seed)
-            row = {"group": group, "subset": subset, "seeds": [r.seed for r in members]}
-            for c in class_subset(subset):
-                name = CLASS_NAMES[c]
+            row = {"group": group, "subset": subset, "seeds": [r.seed for r in members],
+                   "classes": [class_set.names[c] for c in class_set.subset(subset)]}
+            for name in row["classes"]:
                 row[name] = _mean_std([r.final["iou"].get(name, math.nan) for r in members])
             row["miou"] = _mean_std([r.final["miou"][subset] for r in members])
             row["premise"] = {k: _mean_std([r.final.get("premise", {}).get(k, math.nan)
@@ -199,7 +200,8 @@ def build(runs: list[Run], baseline: str) -> tuple[list[dict], str]:
 def markdown(rows: list[dict], baseline: str, warnings: list[str]) -> str:
     out = []
     for subset in dict.fromkeys(r["subset"] for r in rows):
-        classes = [CLASS_NAMES[c] for c in class_subset(subset)]
+        subset_rows = [r for r in rows if r["subset"] == subset]
+        classes = subset_rows[0]["classes"]
         gain = (f"gain over {baseline}, paired by seed (95% CI)" if baseline
                 else "gain (no baseline)")
         subset_rows = [r for r in rows if r["subset"] == subset]
@@ -243,7 +245,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
             if g["half"] is not None:
                 lo, hi = g["mean"] - g["half"], g["mean"] + g["half"]
             seeds = " ".join(map(str, r["seeds"]))
-            for c in [CLASS_NAMES[k] for k in class_subset(r["subset"])]:
+            for c in r["classes"]:
                 w.writerow([r["group"], r["subset"], c, *r[c], seeds, "", "", "", ""])
             w.writerow([r["group"], r["subset"], "miou", *r["miou"], seeds,
                         g["mean"] if g["n"] else "", lo, hi, g["n"]])

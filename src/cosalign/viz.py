@@ -10,8 +10,10 @@ import numpy as np
 from cosalign.data.labels import colorize
 
 
-def overlay(image: np.ndarray, y: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 RGB image blended with the palette colours of (H, W) trainIds."""
+def overlay(image: np.ndarray, y: np.ndarray, colorize=colorize,
+            alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image blended with the palette colours (``colorize``: a class set's)
+    of an (H, W) class map."""
     if image.shape[:2] != y.shape:
         image = cv2.resize(image, (y.shape[1], y.shape[0]), interpolation=cv2.INTER_LINEAR)
     colour = colorize(y).astype(np.float32)

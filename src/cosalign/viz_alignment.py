@@ -17,14 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosalign.config import class_set_of
 from cosalign.data import build_dataset
-from cosalign.data.labels import (
-    CLASS_NAMES,
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    PALETTE,
-    class_subset,
-)
+from cosalign.data.labels import IGNORE_INDEX
 from cosalign.data.transforms import denormalize
 from cosalign.engine.checkpoint import load_checkpoint, load_trained
 from cosalign.losses import ClassFeatureDictionary
@@ -90,7 +85,9 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
     cfg = loaded[-1][2]
     source = build_dataset(cfg.data.source, cfg.data, train=False)
     target = build_dataset(cfg.data.val, cfg.data, train=False)  # labels colour points only
-    shown = class_subset(cfg.data.classes)
+    classes = class_set_of(cfg)
+    shown = classes.subset(cfg.data.classes)
+    palette = classes.palette
 
     fig, axes = plt.subplots(1, len(loaded), squeeze=False, figsize=(4.6 * len(loaded), 4.4))
     for ax, (path, model, _) in zip(axes[0], loaded):
@@ -99,14 +96,14 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
         xy = pca_2d(np.concatenate([f_s, f_t]))
         for part, cls, marker in ((xy[: len(f_s)], c_s, "o"), (xy[len(f_s):], c_t, "x")):
             keep = np.isin(cls, shown)
-            ax.scatter(part[keep, 0], part[keep, 1], c=PALETTE[cls[keep]] / 255, s=9,
+            ax.scatter(part[keep, 0], part[keep, 1], c=palette[cls[keep]] / 255, s=9,
                        marker=marker, linewidths=0.8, alpha=0.8)
         ax.set_title(f"{path.parent.name}/{path.name}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     from matplotlib.patches import Patch
 
-    fig.legend(handles=[Patch(color=PALETTE[k] / 255, label=CLASS_NAMES[k]) for k in shown],
+    fig.legend(handles=[Patch(color=palette[k] / 255, label=classes.names[k]) for k in shown],
                loc="lower center", ncol=min(10, len(shown)), fontsize=7)
     fig.suptitle("features, PCA: source o, target x, coloured by class", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
@@ -114,7 +111,8 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
     plt.close(fig)
 
     path, model, cfg = loaded[-1]
-    d = ClassFeatureDictionary(NUM_CLASSES, cfg.dictionary.capacity, model.feature_dim).to(device)
+    d = ClassFeatureDictionary(classes.num_classes, cfg.dictionary.capacity,
+                               model.feature_dim).to(device)
     d.load_state_dict(load_checkpoint(path, map_location=device)["dictionary"])
     tau = cfg.align.tau
     fig, axes = plt.subplots(examples, 4, squeeze=False, figsize=(12, 2.0 * examples + 0.5))
@@ -122,7 +120,7 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
         s = target[int(i)]
         pred, best = similarity_map(model, d, s["image"], device)
         passes = (np.nan_to_num(best, nan=-1) > tau).astype(float)
-        cells = (denormalize(s["image"]), PALETTE[pred], best, passes)
+        cells = (denormalize(s["image"]), classes.colorize(pred), best, passes)
         titles = ("target image", "prediction", "max S to the predicted class", f"S > tau={tau}")
         for c, (a, title) in enumerate(zip(cells, titles)):
             ax = axes[r][c]

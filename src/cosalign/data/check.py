@@ -22,20 +22,18 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cosalign.data import dataset_pairs
+from cosalign.config import DomainConfig
+from cosalign.data import dataset_pairs, label_reader
+from cosalign.data.adverse import image_of_label, raw_label_files
+from cosalign.data.classes import ClassSet, load_class_set
 from cosalign.data.dataset import DatasetError, read_8bit_label
-from cosalign.data.labels import (
-    CITYSCAPES_LUT,
-    CLASS_NAMES,
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    SYNTHIA_LUT,
-    map_ids,
-)
+from cosalign.data.folder import orphan_labels, read_label_values, value_map
+from cosalign.data.labels import CITYSCAPES_LUT, IGNORE_INDEX, SYNTHIA_LUT, map_ids
 from cosalign.data.synthia import read_synthia_class_ids
 
-# Raw ids that exist in each dataset's label files.
-KNOWN_IDS = {"gta5": set(range(34)), "cityscapes": set(range(34)), "synthia": set(range(23))}
+# Raw ids that exist in each built-in dataset's label files.
+KNOWN_IDS = {"gta5": set(range(34)), "cityscapes": set(range(34)), "synthia": set(range(23)),
+             "acdc": set(range(34)), "darkzurich": set(range(34))}
 CACHE_DIR = Path(os.environ.get("COSALIGN_CACHE", Path.home() / ".cache" / "cosalign"))
 
 
@@ -48,7 +46,8 @@ class CheckReport:
     labels: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    histogram: list[int] = field(default_factory=lambda: [0] * (NUM_CLASSES + 1))
+    class_names: list[str] = field(default_factory=list)
+    histogram: list[int] = field(default_factory=list)  # pixels per class, then ignore
 
     @property
     def usable(self) -> bool:
@@ -64,9 +63,9 @@ class CheckReport:
                 lines.append(f"  ... and {len(items) - max_lines} more {kind}s")
         total = sum(self.histogram)
         if total and histogram:
-            lines.append("  class pixel histogram (trainIds):")
+            lines.append("  class pixel histogram:")
             for k, n in enumerate(self.histogram):
-                name = CLASS_NAMES[k] if k < NUM_CLASSES else "ignore"
+                name = self.class_names[k] if k < len(self.class_names) else "ignore"
                 if n:
                     lines.append(f"    {name:14s} {100 * n / total:6.2f}%")
         lines.append("verdict: " + ("usable" if self.usable else
@@ -88,33 +87,54 @@ def _raw_label(dataset: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def check_dataset(root: str | Path, dataset: str, split: str = "train",
                   list_file: str | Path | None = None, progress: bool = True,
-                  labels: bool = True) -> CheckReport:
+                  labels: bool = True, *, class_set: ClassSet | None = None,
+                  conditions: list[str] | None = None, image_suffix: str = "",
+                  label_suffix: str = ".png", label_values: str | None = None) -> CheckReport:
     """Read every pair of the tree (only the images with ``labels=False``) and report what is
-    wrong with it."""
-    report = CheckReport(dataset, str(root), split)
+    wrong with it; the histogram is over ``class_set`` (default: the 19 Cityscapes classes)."""
+    class_set = class_set or load_class_set("cityscapes")
+    domain = DomainConfig(dataset=dataset, root=str(root), split=split,
+                          list_file=None if list_file is None else str(list_file),
+                          conditions=list(conditions or []), image_suffix=image_suffix,
+                          label_suffix=label_suffix, label_values=label_values)
+    report = CheckReport(dataset, str(root), split, class_names=list(class_set.names),
+                         histogram=[0] * (class_set.num_classes + 1))
     try:
-        pairs = dataset_pairs(dataset, root, split, list_file, labels=labels)
-    except DatasetError as e:
+        pairs = dataset_pairs(dataset, root, split, list_file, labels=labels,
+                              conditions=domain.conditions, image_suffix=image_suffix,
+                              label_suffix=label_suffix)
+        label_reader(domain, class_set)  # a class set the labels cannot map to
+    except (DatasetError, ValueError) as e:
         report.errors.append(str(e))
-        report.images, report.labels = _count_on_disk(dataset, Path(root), split)
+        report.images, report.labels = _count_on_disk(domain)
         return report
     report.images = len(pairs)
     report.labels = len(pairs) if labels else 0
     if list_file is None and labels:
-        for p in _orphan_labels(dataset, Path(root), split):
+        for p in _orphan_labels(domain):
             report.errors.append(f"{p}: label without an image")
+    values = value_map(class_set, label_values) if dataset == "folder" else None
+    lut16 = values.lut(65536) if values is not None else None
     hist = np.zeros(256, dtype=np.int64)
-    known = KNOWN_IDS[dataset]
+    known = KNOWN_IDS.get(dataset)
+    sizes: dict[tuple[int, int], int] = {}
     for image_path, label_path in tqdm(pairs, desc=f"check {dataset}", unit="img",
                                        disable=not progress):
         image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         if image is None:
             report.errors.append(f"{image_path}: unreadable or truncated image")
             continue
+        sizes[image.shape[:2]] = sizes.get(image.shape[:2], 0) + 1
         if label_path is None:
             continue
         try:
-            raw, train = _raw_label(dataset, label_path)
+            if values is not None:
+                raw = read_label_values(label_path)
+                classes = map_ids(raw, lut16[:256]) if raw.dtype == np.uint8 else lut16[raw]
+            else:
+                raw, classes = _raw_label(dataset, label_path)
+                classes = classes if class_set.name == "cityscapes" else map_ids(
+                    classes, class_set.from_cityscapes())
         except DatasetError as e:
             msg = str(e)
             if dataset == "synthia" and "expected a 3-channel" in msg:
@@ -125,16 +145,28 @@ def check_dataset(root: str | Path, dataset: str, split: str = "train",
             report.warnings.append(
                 f"{label_path.name}: label {raw.shape[1]}x{raw.shape[0]} vs image "
                 f"{image.shape[1]}x{image.shape[0]}; both are resized to the training size")
-        if raw is not train:
+        if values is not None:
+            unknown = values.unknown_values(np.unique(raw))
+            if unknown:
+                report.errors.append(f"{label_path}: label values {unknown[:5]} are not in the "
+                                     f"class set {class_set.name!r} (neither in values nor in "
+                                     "ignore)")
+        elif not label_path.name.endswith("_labelTrainIds.png"):
             unknown = sorted(set(np.unique(raw).tolist()) - known)
             if unknown:
                 hint = " (Pillow-misread SYNTHIA label?)" if dataset == "synthia" else ""
                 report.errors.append(f"{label_path}: ids {unknown[:5]} are not {dataset} ids "
                                      f"(expected {min(known)}-{max(known)}){hint}")
-        hist += np.bincount(train.ravel(), minlength=256)
-    report.histogram = [int(h) for h in hist[:NUM_CLASSES]] + [int(hist[IGNORE_INDEX])]
-    if labels and sum(report.histogram[:NUM_CLASSES]) == 0 and report.images:
-        report.errors.append("no labelled pixel of any evaluated class in the whole tree")
+        hist += np.bincount(classes.ravel(), minlength=256)
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h} ({n})" for (h, w), n in sorted(sizes.items(),
+                                                                     key=lambda kv: -kv[1])[:4])
+        report.warnings.append(f"images of {len(sizes)} sizes: {shown}; all are resized to "
+                               "the run's size")
+    k = class_set.num_classes
+    report.histogram = [int(h) for h in hist[:k]] + [int(hist[IGNORE_INDEX])]
+    if labels and sum(report.histogram[:k]) == 0 and report.images:
+        report.errors.append("no labelled pixel of any class of the class set in the whole tree")
     return report
 
 
@@ -147,15 +179,16 @@ def cityscapes_splits(root: str | Path) -> list[str]:
 
 
 def check_splits(root: str | Path, dataset: str, split: str | None = None,
-                 list_file: str | Path | None = None,
-                 progress: bool = True) -> list[CheckReport]:
+                 list_file: str | Path | None = None, progress: bool = True,
+                 **options) -> list[CheckReport]:
     """``cosalign data check``: one report per split; for Cityscapes without ``split``, every
-    split the tree holds (so a tree whose val labels are missing is not called usable)."""
+    split the tree holds (so a tree whose val labels are missing is not called usable).
+    ``options``: :func:`check_dataset`'s (class set, conditions, suffixes, label values)."""
     if dataset == "cityscapes" and split is None:
         splits = cityscapes_splits(root) or ["train"]  # none: the report says what is missing
     else:
-        splits = [split or "train"]
-    return [check_dataset(root, dataset, s, list_file, progress) for s in splits]
+        splits = [split or ("val" if dataset == "darkzurich" else "train")]
+    return [check_dataset(root, dataset, s, list_file, progress, **options) for s in splits]
 
 
 _ON_DISK = {  # (image glob, label glob) of each layout; {split} for Cityscapes
@@ -166,44 +199,63 @@ _ON_DISK = {  # (image glob, label glob) of each layout; {split} for Cityscapes
 }
 
 
-def _count_on_disk(dataset: str, root: Path, split: str) -> tuple[int, int]:
+def _count_on_disk(domain: DomainConfig) -> tuple[int, int]:
     """Images and raw label files present, for a tree whose pairs cannot be built."""
-    if dataset not in _ON_DISK:
-        return 0, 0
-    images = root.glob(_ON_DISK[dataset][0].format(split=split))
-    return sum(1 for _ in images), len(_raw_labels(dataset, root, split))
+    root, d = Path(domain.root), domain.dataset
+    if d == "folder":
+        count = lambda sub: sum(1 for p in (root / sub).rglob("*") if p.is_file())  # noqa: E731
+        return count("images"), count("labels")
+    if d not in _ON_DISK:
+        return 0, len(_raw_labels(domain))
+    images = root.glob(_ON_DISK[d][0].format(split=domain.split))
+    return sum(1 for _ in images), len(_raw_labels(domain))
 
 
-def _raw_labels(dataset: str, root: Path, split: str) -> list[Path]:
+def _raw_labels(domain: DomainConfig) -> list[Path]:
     """Raw label files of the layout (not the converted ``*_labelTrainIds.png``)."""
-    pattern = _ON_DISK[dataset][1].format(split=split)
+    root, d = Path(domain.root), domain.dataset
+    if d in ("acdc", "darkzurich"):
+        return raw_label_files(d, root, domain.split, domain.conditions)
+    if d == "folder":
+        return []
+    pattern = _ON_DISK[d][1].format(split=domain.split)
     return [p for p in root.glob(pattern) if not p.name.endswith("_labelTrainIds.png")]
 
 
-def _orphan_labels(dataset: str, root: Path, split: str) -> list[Path]:
+def _orphan_labels(domain: DomainConfig) -> list[Path]:
     """Raw label files whose image does not exist."""
-    if dataset == "gta5":
+    root, d, split = Path(domain.root), domain.dataset, domain.split
+    if d == "folder":
+        return orphan_labels(root, domain.image_suffix, domain.label_suffix)
+    if d == "gta5":
         image_of = lambda p: root / "images" / p.name  # noqa: E731
-    elif dataset == "synthia":
+    elif d == "synthia":
         image_of = lambda p: root / "RGB" / p.name  # noqa: E731
+    elif d in ("acdc", "darkzurich"):
+        image_of = lambda p: image_of_label(p, root)  # noqa: E731
     else:
         image_of = lambda p: (root / "leftImg8bit" / split / p.parent.name /  # noqa: E731
                               p.name.replace("_gtFine_labelIds", "_leftImg8bit"))
-    return [p for p in _raw_labels(dataset, root, split) if not image_of(p).is_file()]
+    return [p for p in _raw_labels(domain) if not image_of(p).is_file()]
 
 
-def _signature(root: Path, dataset: str, split: str, list_file, labels: bool) -> str | None:
+def _signature(domain: DomainConfig, labels: bool, class_set: ClassSet) -> str | None:
     """A key of everything the check reads: the list file (wherever it is) and every file of
     the pairs and of the orphan-label search, by resolved path, size and time (symlinks
-    followed). None when the pairs cannot be listed (the check reports why; nothing cached)."""
-    h = hashlib.sha1(f"{root.resolve()}|{dataset}|{split}|labels={labels}".encode())
+    followed), and the class set. None when the pairs cannot be listed (the check reports why;
+    nothing cached)."""
+    root = Path(domain.root)
+    h = hashlib.sha1(f"{root.resolve()}|{domain}|labels={labels}|{class_set}".encode())
     try:
-        pairs = dataset_pairs(dataset, root, split, list_file, labels=labels)
+        pairs = dataset_pairs(domain.dataset, root, domain.split, domain.list_file,
+                              labels=labels, conditions=domain.conditions,
+                              image_suffix=domain.image_suffix, label_suffix=domain.label_suffix)
         files = [p for pair in pairs for p in pair if p is not None]
-        if list_file is not None:
-            files.append(Path(list_file))
-        if list_file is None and labels:
-            files += _raw_labels(dataset, root, split)
+        files += [Path(f) for f in (domain.list_file, domain.label_values) if f is not None]
+        if domain.list_file is None and labels:
+            files += _raw_labels(domain)
+            if domain.dataset == "folder" and (root / "labels").is_dir():
+                files += sorted(p for p in (root / "labels").rglob("*") if p.is_file())
         for path in files:
             st = os.stat(path)  # follows symlinks: the file that is read
             h.update(f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -212,19 +264,21 @@ def _signature(root: Path, dataset: str, split: str, list_file, labels: bool) ->
     return h.hexdigest()
 
 
-def require_usable(root: str | Path, dataset: str, split: str = "train",
-                   list_file: str | Path | None = None, progress: bool = True,
+def require_usable(domain: DomainConfig, class_set: ClassSet, progress: bool = True,
                    labels: bool = True) -> None:
-    """Raise :class:`DatasetError` with ``data check``'s report unless the tree is usable; the
-    verdict for an unchanged tree is cached under ~/.cache/cosalign (COSALIGN_CACHE)."""
-    root = Path(root)
-    key = _signature(root, dataset, split, list_file, labels)
+    """Raise :class:`DatasetError` with ``data check``'s report unless the domain's tree is
+    usable with ``class_set``; the verdict for an unchanged tree is cached under
+    ~/.cache/cosalign (COSALIGN_CACHE)."""
+    key = _signature(domain, labels, class_set)
     cache = CACHE_DIR / "checks" / f"{key}.json"
     if key is not None and cache.is_file():
         return
-    report = check_dataset(root, dataset, split, list_file, progress, labels)
+    report = check_dataset(domain.root, domain.dataset, domain.split, domain.list_file,
+                           progress, labels, class_set=class_set, conditions=domain.conditions,
+                           image_suffix=domain.image_suffix, label_suffix=domain.label_suffix,
+                           label_values=domain.label_values)
     if not report.usable:
-        raise DatasetError(f"{root} is not a usable {dataset} tree "
+        raise DatasetError(f"{domain.root} is not a usable {domain.dataset} tree "
                            f"(cosalign data check says):\n{report.format(5, histogram=False)}")
     if key is not None:
         try:
@@ -238,12 +292,16 @@ def convert_labels(root: str | Path, dataset: str, split: str = "train",
                    list_file: str | Path | None = None, force: bool = False,
                    progress: bool = True) -> int:
     """Write ``*_labelTrainIds.png`` (8-bit trainIds) next to every label. Returns the count."""
+    if dataset == "folder":
+        raise DatasetError("data convert: a folder dataset's labels are read through its class "
+                           "set's values map; there is nothing to convert")
     pairs = dataset_pairs(dataset, root, split, list_file, labels=True)
     written = 0
     for _, label_path in tqdm(pairs, desc=f"convert {dataset}", unit="img", disable=not progress):
         if label_path.name.endswith("_labelTrainIds.png") and not force:
             continue  # already converted
-        stem = label_path.stem.replace("_gtFine_labelIds", "_gtFine")
+        stem = label_path.stem.replace("_gtFine_labelIds", "_gtFine").replace("_gt_labelIds",
+                                                                               "_gt")
         out = label_path.with_name(f"{stem}_labelTrainIds.png")
         _, train = _raw_label(dataset, label_path)
         tmp = out.with_name(f".{out.name}.tmp.png")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import ConfigError, from_dict
-from cosalign.data.labels import NUM_CLASSES
+from cosalign.config import ConfigError, class_set_of, from_dict
+from cosalign.data.classes import ClassSet, class_set_from_dict, load_class_set
 from cosalign.models import build_model
 
 PATTERN = re.compile(r"^ckpt_(\d{7})\.pt$")
@@ -135,9 +135,27 @@ def load_model_state(model: torch.nn.Module, weights: dict, path: Path, expected
 
 
 def describe_model(cfg) -> str:
-    """", for model.depth=101, model.width=1, 19 classes": what a checkpoint is compared to."""
+    """" (the run's model: model.depth=101, model.width=1, 19 classes)": what a checkpoint is
+    compared to."""
     return (f" (the run's model: model.depth={cfg.model.depth}, model.width={cfg.model.width:g}, "
-            f"{NUM_CLASSES} classes)")
+            f"{class_set_of(cfg).num_classes} classes of {cfg.data.class_set})")
+
+
+def saved_class_set(state: dict) -> ClassSet:
+    """The class set a checkpoint was trained with (before class sets: the 19 Cityscapes)."""
+    saved = state.get("class_set")
+    return class_set_from_dict(saved) if saved else load_class_set("cityscapes")
+
+
+def check_class_set(state: dict, class_set: ClassSet, path: Path) -> None:
+    """A run resumes only a checkpoint of its own classes (names, in order)."""
+    saved = saved_class_set(state)
+    if saved.names != class_set.names:
+        raise CheckpointError(
+            f"{path}: trained with class set {saved.name!r} ({saved.num_classes} classes: "
+            f"{', '.join(saved.names[:4])}...), the run has {class_set.name!r} "
+            f"({class_set.num_classes}: {', '.join(class_set.names[:4])}...); a run keeps its "
+            "class set (start a new run folder for another)")
 
 
 WHICH = ("student", "teacher")  # the network a checkpoint is evaluated with
@@ -163,7 +181,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", which: st
         cfg = from_dict(state["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config does not load ({e})") from None
-    model = build_model(cfg.model, NUM_CLASSES)
+    model = build_model(cfg.model, saved_class_set(state).num_classes)
     weights = state["model"]
     if which == "teacher":
         teacher = term_states(state).get("self_training")

@@ -21,8 +21,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from cosalign.config import class_set_of
 from cosalign.data import build_dataset
-from cosalign.data.labels import CLASS_NAMES, NUM_CLASSES, class_subset
+from cosalign.data.classes import ClassSet, load_class_set
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import load_trained
 from cosalign.engine.diagnostics import PremiseMeter
@@ -30,6 +31,8 @@ from cosalign.engine.inference import save_prediction
 from cosalign.engine.tta import TTA
 from cosalign.engine.upsample import upsample_logits
 from cosalign.outputs import writable_dir, writable_file
+
+CITYSCAPES = load_class_set("cityscapes")
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -75,14 +78,15 @@ def mean_iou(iou: np.ndarray, classes: tuple[int, ...]) -> float:
     return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
 
 
-def summarize(cm: np.ndarray, subsets: list[str]) -> dict:
-    """Per-class IoU (in %) and mIoU for each named class subset; the first is the headline."""
+def summarize(cm: np.ndarray, subsets: list[str], class_set: ClassSet = CITYSCAPES) -> dict:
+    """Per-class IoU (in %) and mIoU for each named class subset of ``class_set``; the first is
+    the headline."""
     iou = per_class_iou(cm)
-    classes = sorted({c for name in subsets for c in class_subset(name)})
+    classes = sorted({c for name in subsets for c in class_set.subset(name)})
     return {
         "headline": subsets[0],
-        "miou": {name: 100 * mean_iou(iou, class_subset(name)) for name in subsets},
-        "iou": {CLASS_NAMES[c]: 100 * float(iou[c]) for c in classes},
+        "miou": {name: 100 * mean_iou(iou, class_set.subset(name)) for name in subsets},
+        "iou": {class_set.names[c]: 100 * float(iou[c]) for c in classes},
         "pixel_accuracy": 100 * float(np.trace(cm) / max(cm.sum(), 1)),
     }
 
@@ -117,10 +121,10 @@ def confusion_over(model: torch.nn.Module, loader, num_classes: int, device: tor
     return cm.cpu().numpy()
 
 
-def format_table(results: dict[str, dict], subset: str) -> str:
+def format_table(results: dict[str, dict], subset: str, class_set: ClassSet = CITYSCAPES) -> str:
     """Markdown table: one row per class of ``subset``, one column per result, mIoU last."""
     names = list(results)
-    classes = [CLASS_NAMES[c] for c in class_subset(subset)]
+    classes = [class_set.names[c] for c in class_set.subset(subset)]
     lines = ["| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for c in classes:
         cells = [f"{results[n]['iou'].get(c, float('nan')):.1f}" for n in names]
@@ -131,12 +135,14 @@ def format_table(results: dict[str, dict], subset: str) -> str:
 
 
 def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
-             subsets: list[str], progress: bool = True, batch_size: int = 1) -> dict:
+             subsets: list[str], progress: bool = True, batch_size: int = 1,
+             class_set: ClassSet = CITYSCAPES) -> dict:
     """mIoU on ``val_set`` (sharded over ranks, confusion matrices summed) and, when a
     dictionary is given, the premise diagnostics of engine/diagnostics.py."""
+    K = class_set.num_classes
     shard = Subset(val_set, range(distributed.rank(), len(val_set), distributed.world_size()))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=0)
-    meter = PremiseMeter(NUM_CLASSES)
+    meter = PremiseMeter(K)
     on_batch = None
     if dictionary is not None and len(dictionary) > 0:
         ref, ref_cls = dictionary.reference()
@@ -144,10 +150,9 @@ def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
         def on_batch(batch, pred, out):
             meter.update(out.features, batch["label"].to(device), ref, ref_cls, tau)
 
-    cm = confusion_over(model, loader, NUM_CLASSES, device, progress=progress,
-                        on_batch=on_batch)
+    cm = confusion_over(model, loader, K, device, progress=progress, on_batch=on_batch)
     cm = distributed.all_reduce_sum(torch.as_tensor(cm, device=device)).cpu().numpy()
-    results = summarize(cm, subsets)
+    results = summarize(cm, subsets, class_set)
     results["premise"] = meter.result()  # per rank (rank 0's shard under torchrun)
     results["confusion"] = cm.tolist()
     return results
@@ -163,6 +168,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
     ``which="teacher"`` evaluates a self-training run's EMA teacher."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, checkpoint = load_trained(checkpoint, device, which)
+    classes = class_set_of(cfg)
     suffix = "" if which == "student" else f"_{which}"
     out = Path(out) if out else Path(checkpoint).with_name(f"eval_{split}{suffix}")
     for path in (out.with_suffix(".json"), out.with_suffix(".md")):  # before minutes of work
@@ -173,27 +179,33 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
     if data_root is not None:
         val_cfg = replace(val_cfg, root=str(data_root), list_file=None)
     val_cfg = replace(val_cfg, split=split, size=tuple(size) if size else val_cfg.size)
-    dataset = build_dataset(val_cfg, replace(cfg.data, cache=False), train=False)
+    dataset = build_dataset(val_cfg, replace(cfg.data, cache=False), train=False,
+                            class_set=classes)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(2, cfg.data.workers))
 
     on_batch = None
     if save_predictions is not None:
         def on_batch(batch, pred, _out):
             for name, p in zip(batch["name"], pred.cpu().numpy().astype(np.uint8)):
-                save_prediction(Path(save_predictions) / Path(name).stem, p)
+                save_prediction(Path(save_predictions) / Path(name).stem, p,
+                                colorize=classes.colorize)
 
-    cm = confusion_over(model, loader, NUM_CLASSES, device, align_corners=tta.align_corners,
+    cm = confusion_over(model, loader, classes.num_classes, device,
+                        align_corners=tta.align_corners,
                         progress=progress, predict=tta if tta.enabled else None,
                         on_batch=on_batch)
     subsets = [cfg.data.classes, *cfg.data.extra_classes]
-    results = summarize(cm, subsets)
+    results = summarize(cm, subsets, classes)
+    results["class_set"] = classes
     results.update({"checkpoint": str(checkpoint), "dataset": val_cfg.root, "split": split,
                     "images": len(dataset), "input_size": val_cfg.size,
                     "align_corners": tta.align_corners, "protocol": tta.describe(),
                     "model": which,
                     "confusion": cm.tolist()})
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    tables = "\n\n".join(format_table({Path(checkpoint).parent.name: results}, s) for s in subsets)
+    out.with_suffix(".json").write_text(json.dumps(
+        {**results, "class_set": classes.to_dict()}, indent=1))
+    tables = "\n\n".join(format_table({Path(checkpoint).parent.name: results}, s, classes)
+                         for s in subsets)
     out.with_suffix(".md").write_text(
         f"# {checkpoint} ({which}) on {val_cfg.root} ({split}, {len(dataset)} images)\n\n"
         f"Input {val_cfg.size}, logits upsampled bilinearly (align_corners={tta.align_corners}) "

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cosalign.config import class_set_of
 from cosalign.data.dataset import DatasetError, read_image
 from cosalign.data.labels import colorize
 from cosalign.data.transforms import normalize, resize_pair
@@ -21,9 +22,11 @@ from cosalign.viz import overlay, save_rgb
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def save_prediction(base: Path, pred: np.ndarray, image: np.ndarray | None = None) -> None:
-    """``<base>_trainIds.png`` (8-bit trainIds), ``<base>_color.png`` (palette) and, given the
-    image, ``<base>_overlay.png``; ``base`` is a path without suffix, its folder made if missing."""
+def save_prediction(base: Path, pred: np.ndarray, image: np.ndarray | None = None,
+                    colorize=colorize) -> None:
+    """``<base>_trainIds.png`` (8-bit class indices), ``<base>_color.png`` (``colorize``: the
+    class set's palette) and, given the image, ``<base>_overlay.png``; ``base`` is a path
+    without suffix, its folder made if missing."""
     import cv2
 
     base = Path(base)
@@ -33,7 +36,7 @@ def save_prediction(base: Path, pred: np.ndarray, image: np.ndarray | None = Non
         raise OSError(f"{path}: could not write")
     save_rgb(base.with_name(f"{base.name}_color.png"), colorize(pred))
     if image is not None:
-        save_rgb(base.with_name(f"{base.name}_overlay.png"), overlay(image, pred))
+        save_rgb(base.with_name(f"{base.name}_overlay.png"), overlay(image, pred, colorize))
 
 
 def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -95,5 +98,5 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
         else:
             scores = upsample_logits(model(x).logits, full, tta.align_corners)
         pred = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        save_prediction(Path(out_dir) / name, pred, image)
+        save_prediction(Path(out_dir) / name, pred, image, class_set_of(cfg).colorize)
     return [path for path, _ in files]

@@ -26,14 +26,15 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cosalign.config import Config, from_dict, to_dict, validate
+from cosalign.config import Config, class_set_of, from_dict, to_dict, validate
 from cosalign.data import InfiniteSampler, build_dataset
 from cosalign.data.check import require_usable
-from cosalign.data.labels import IGNORE_INDEX, NUM_CLASSES, colorize
+from cosalign.data.labels import IGNORE_INDEX
 from cosalign.data.rcs import RareClassSampler, class_pixel_counts
 from cosalign.data.transforms import denormalize
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import (
+    check_class_set,
     describe_model,
     load_model_state,
     load_newest,
@@ -160,7 +161,8 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
 
 
 @torch.no_grad()
-def _log_predictions(logger: Logger, model, val, it: int, device, n: int = 2) -> None:
+def _log_predictions(logger: Logger, model, val, it: int, device, colorize,
+                     n: int = 2) -> None:
     """A few val images with their coloured prediction and ground truth, to TensorBoard."""
     was_training = model.training
     model.eval()
@@ -180,6 +182,7 @@ def _state(it, model, dictionary, opt, terms, scaler, cfg) -> dict:
         "dictionary": dictionary.state_dict(), "optimizer": optimizer_state(opt, model),
         "terms": {t.name: t.state_dict() for t in terms if t.state_dict()},
         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng_state(),
+        "class_set": class_set_of(cfg).to_dict(),
     }
 
 
@@ -200,25 +203,28 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
            stop_at: int | None) -> dict | None:
     seed_everything(cfg.train.seed)
     main = distributed.is_main()
+    classes = class_set_of(cfg)
+    K = classes.num_classes
 
     # data: refuse a tree that `cosalign data check` rejects; target labels are never read
     for dom, labels in ((cfg.data.source, True), (cfg.data.target, False), (cfg.data.val, True)):
-        require_usable(dom.root, dom.dataset, dom.split, dom.list_file, progress and main, labels)
-    source = build_dataset(cfg.data.source, cfg.data, train=True)
-    target = build_dataset(cfg.data.target, cfg.data, train=True, labels=False)
-    val = build_dataset(cfg.data.val, cfg.data, train=False)
+        require_usable(dom, classes, progress and main, labels)
+    source = build_dataset(cfg.data.source, cfg.data, train=True, class_set=classes)
+    target = build_dataset(cfg.data.target, cfg.data, train=True, labels=False,
+                           class_set=classes)
+    val = build_dataset(cfg.data.val, cfg.data, train=False, class_set=classes)
 
     # model, dictionary, the method's terms, optimizer
-    model = build_model(cfg.model, NUM_CLASSES)
+    model = build_model(cfg.model, K)
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
     model.to(device).train()
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     d = cfg.dictionary
-    dictionary = ClassFeatureDictionary(NUM_CLASSES, d.capacity, model.feature_dim,
+    dictionary = ClassFeatureDictionary(K, d.capacity, model.feature_dim,
                                         d.per_image, d.enqueue).to(device)
-    terms = build_terms(cfg, NUM_CLASSES, device, model)
+    terms = build_terms(cfg, K, device, model)
     o = cfg.optim
     opt = torch.optim.SGD(model.param_groups(o.lr, o.head_lr_mult), lr=o.lr, momentum=o.momentum,
                           weight_decay=o.weight_decay)
@@ -230,6 +236,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     if note and main:
         tqdm.write(f"note: {note}")
     if state is not None:
+        check_class_set(state, classes, path)
         changed = _changed_keys(from_dict(state["config"]), cfg)
         model_keys = [k for k in changed if k.startswith("model.")]
         load_model_state(model, state["model"], path, describe_model(cfg) + (
@@ -263,7 +270,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     b, w = cfg.data.batch_size, cfg.data.workers
     rcs = None
     if cfg.data.rcs_temperature > 0:
-        rcs = (class_pixel_counts(source, NUM_CLASSES, progress and main),
+        rcs = (class_pixel_counts(source, K, progress and main),
                cfg.data.rcs_temperature, cfg.data.rcs_min_pixels)
     src_iter = batches(source, b, cfg.train.seed, start, w, rcs)
     tgt_iter = batches(target, b, cfg.train.seed + 1, start, w)
@@ -320,11 +327,12 @@ def _evaluate(model, val, device, dictionary, cfg: Config, logger: Logger | None
     subsets = [cfg.data.classes, *cfg.data.extra_classes]
     main = distributed.is_main()
     results = evaluate(model, val, device, dictionary=dictionary, tau=cfg.align.tau,
-                       subsets=subsets, progress=progress and main)
+                       subsets=subsets, progress=progress and main,
+                       class_set=class_set_of(cfg))
     if logger is not None:
         logger.log(it, "eval", {k: v for k, v in results.items() if k != "confusion"})
         if logger.tb is not None:
-            _log_predictions(logger, model, val, it, device)
+            _log_predictions(logger, model, val, it, device, class_set_of(cfg).colorize)
     if main:
         tqdm.write(f"iter {it}: mIoU ({subsets[0]}) {results['miou'][subsets[0]]:.2f}")
     return results

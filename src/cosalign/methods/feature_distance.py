@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cosalign.config import Config, ConfigError
+from cosalign.config import Config, ConfigError, class_set_of
 from cosalign.data.labels import IGNORE_INDEX
 from cosalign.methods.base import Step, Term
 
-# Cityscapes trainIds of the thing classes: traffic light, traffic sign, person, rider, car,
-# truck, bus, train, motorcycle, bicycle (DAFormer's imnet_feature_dist_classes)
-THING_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+# the thing classes (DAFormer's imnet_feature_dist_classes, Cityscapes trainIds 6, 7, 11-18);
+# in another class set, its classes of these names
+THING_NAMES = ("traffic light", "traffic sign", "person", "rider", "car", "truck", "bus",
+               "train", "motorcycle", "bicycle")
 PURITY = 0.75  # a feature position counts when this share of its patch is one thing class
 
 
@@ -46,6 +47,7 @@ class FeatureDistance(Term):
             raise ConfigError("loss.fd > 0 keeps features close to the pretrained network: it "
                               "needs model.weights")
         self.num_classes = num_classes
+        self.things = tuple(i for i, n in enumerate(class_set_of(cfg).names) if n in THING_NAMES)
         self.needs_target = False
         self.frozen: torch.nn.Module | None = None
 
@@ -57,7 +59,7 @@ class FeatureDistance(Term):
         with torch.no_grad(), step.autocast():
             f0 = self.frozen(step.x_s).features
         labels = pooled_labels(step.y_s, tuple(f.shape[-2:]), self.num_classes)
-        things = torch.isin(labels, labels.new_tensor(THING_CLASSES))
+        things = torch.isin(labels, labels.new_tensor(self.things))
         dist = torch.linalg.vector_norm(f.float() - f0.float(), dim=1)  # (B, h, w)
         # the mean over thing positions (0 when there are none), without waiting for the GPU
         return {"fd": (dist * things).sum() / things.sum().clamp(min=1)}
