@@ -84,3 +84,45 @@ def expected_synthia(ids: np.ndarray) -> np.ndarray:
     for k, v in SYNTHIA_ID_TO_TRAINID.items():
         out[ids == k] = v
     return out
+
+
+def make_acdc(root: Path, conditions=("fog", "night"), splits=("train", "val"), per_seq: int = 2,
+              size=(48, 27), seed=0) -> Path:
+    """ACDC's layout: rgb_anon/COND/SPLIT/SEQ/*_rgb_anon.png, gt/COND/SPLIT/SEQ/*_gt_labelIds.png
+    (no labels for test)."""
+    rng = np.random.default_rng(seed)
+    for a, cond in enumerate(conditions):
+        for b, split in enumerate(splits):
+            seq = f"GOPR{a}{b}00"
+            img_dir = root / "rgb_anon" / cond / split / seq
+            img_dir.mkdir(parents=True)
+            gt_dir = root / "gt" / cond / split / seq
+            if split != "test":
+                gt_dir.mkdir(parents=True)
+            for j in range(per_seq):
+                stem = f"{seq}_frame_{j:06d}"
+                cv2.imwrite(str(img_dir / f"{stem}_rgb_anon.png"), _image(rng, *size))
+                if split != "test":
+                    Image.fromarray(cityscapes_ids(rng, *size), mode="L").save(
+                        gt_dir / f"{stem}_gt_labelIds.png")
+    return root
+
+
+def make_darkzurich(root: Path, per_seq: int = 2, size=(48, 27), seed=0) -> Path:
+    """Dark Zurich's layout: rgb_anon/train/{night,day,twilight}/SEQ/*_rgb_anon.png,
+    rgb_anon/val/night/SEQ/..., gt/val/night/SEQ/*_gt_labelIds.png."""
+    rng = np.random.default_rng(seed)
+    for split, time in (("train", "night"), ("train", "day"), ("train", "twilight"),
+                        ("val", "night")):
+        seq = {"night": "GOPR0356", "day": "GOPR0351", "twilight": "GOPR0353"}[time]
+        img_dir = root / "rgb_anon" / split / time / seq
+        img_dir.mkdir(parents=True)
+        for j in range(per_seq):
+            stem = f"{seq}_frame_{j:06d}"
+            cv2.imwrite(str(img_dir / f"{stem}_rgb_anon.png"), _image(rng, *size))
+            if split == "val":
+                gt_dir = root / "gt" / split / time / seq
+                gt_dir.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(cityscapes_ids(rng, *size), mode="L").save(
+                    gt_dir / f"{stem}_gt_labelIds.png")
+    return root
