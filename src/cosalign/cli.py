@@ -1,5 +1,5 @@
-"""The ``cosalign`` command line: demo, train, eval, predict, report, viz, pretrain, data {make,
-check, convert}.
+"""The ``cosalign`` command line: demo, train, eval, predict, score, report, viz, pretrain,
+data {make, check, convert}.
 
 Errors about the user's input (missing dataset, bad config key, unreadable checkpoint) print one
 line naming the file and what was expected, and exit with code 2; a diverged run exits with 1.
@@ -13,6 +13,8 @@ from pathlib import Path
 
 from cosalign.config import DATASETS, DEVICES, ConfigError, class_set_of
 from cosalign.engine.checkpoint import WHICH
+from cosalign.engine.inference import FORMATS
+from cosalign.engine.score import FORMATS as SCORE_FORMATS
 from cosalign.methods.table import METHODS
 from cosalign.minicity.styles import TARGET_STYLES
 
@@ -107,9 +109,48 @@ def cmd_predict(args) -> int:
     from cosalign.engine.inference import predict_images
 
     files = predict_images(args.checkpoint, args.images, args.out, size=args.size, tta=_tta(args),
-                           device=distributed.setup(args.device), progress=not args.quiet)
-    print(f"{len(files)} image(s) -> {args.out} (<path in the input>_trainIds.png, _color.png, "
-          "_overlay.png)")
+                           device=distributed.setup(args.device), progress=not args.quiet,
+                           fmt=args.format)
+    what = ("<path in the input>_trainIds.png, _color.png, _overlay.png" if args.format is None
+            else f"{args.format}: <path in the input>.png")
+    print(f"{len(files)} image(s) -> {args.out} ({what})")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import json
+
+    from cosalign.config import DomainConfig
+    from cosalign.data import check_domain
+    from cosalign.data.classes import load_class_set
+    from cosalign.engine.evaluate import format_table
+    from cosalign.engine.score import score
+
+    class_set = load_class_set(args.classes)
+    split = args.split or ("val" if args.dataset in ("cityscapes", "acdc", "darkzurich")
+                           else "train")
+    domain = DomainConfig(dataset=args.dataset, root=args.root, split=split,
+                          list_file=args.list_file, conditions=args.conditions,
+                          image_suffix=args.image_suffix, label_suffix=args.label_suffix,
+                          label_values=args.label_values)
+    try:
+        check_domain(domain, class_set)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    subsets = list(class_set.subset_names)
+    if args.out is not None:
+        from cosalign.outputs import writable_file
+
+        writable_file(args.out, "--out file")
+    results = score(args.predictions, domain, class_set, subsets, args.format,
+                    progress=not args.quiet)
+    print(f"{results['images']} images of {args.dataset} {split} at {args.root}, "
+          f"{args.format} predictions in {args.predictions}")
+    for subset in subsets:
+        print(format_table({"IoU (%)": results}, subset, class_set) + "\n")
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -268,10 +309,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, type=Path)
     pr.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"))
+    pr.add_argument("--format", choices=FORMATS, help="one PNG per image named as the image, "
+                    "in a test server's format: trainids (ACDC, Dark Zurich), labelids "
+                    "(Cityscapes), color; default: _trainIds, _color and _overlay PNGs")
     pr.add_argument("--quiet", action="store_true")
     _add_device(pr)
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
+
+    sc = sub.add_parser("score", help="mIoU of predictions made by any tool")
+    sc.add_argument("predictions", type=Path, help="folder of prediction PNGs")
+    sc.add_argument("root", help="the dataset's root")
+    sc.add_argument("--dataset", required=True, choices=DATASETS)
+    sc.add_argument("--split", help="default val (cityscapes, acdc, darkzurich), else train")
+    sc.add_argument("--format", default="trainids", choices=SCORE_FORMATS,
+                    help="trainids: class indices of the class set; labelids: label ids")
+    sc.add_argument("--classes", default="cityscapes", metavar="SET",
+                    help="class set: cityscapes, synthia16, synthia13 or a YAML file")
+    sc.add_argument("--conditions", nargs="+", default=[], metavar="COND")
+    sc.add_argument("--list-file")
+    sc.add_argument("--image-suffix", default="")
+    sc.add_argument("--label-suffix", default=".png")
+    sc.add_argument("--label-values", metavar="FILE")
+    sc.add_argument("--out", type=Path, help="also write the results as JSON")
+    sc.add_argument("--quiet", action="store_true")
+    sc.set_defaults(func=cmd_score)
 
     r = sub.add_parser("report", help="results across runs and seeds: tables with paired "
                        "intervals, plots")

@@ -86,6 +86,15 @@ class ClassSet:
                 lut[value] = index
         return lut
 
+    def to_values(self) -> np.ndarray:
+        """256-entry LUT: class index -> its label value (the smallest that maps to it; for the
+        Cityscapes set its label id), 255 -> 0; what a test server that takes label ids wants."""
+        out = np.zeros(256, dtype=np.uint8)
+        for value, index in sorted(self.values, reverse=True):
+            if value < 256:
+                out[index] = value
+        return out
+
     def unknown_values(self, values) -> list[int]:
         """The label values among ``values`` that the set neither maps nor ignores."""
         known = {v for v, _ in self.values} | set(self.ignore) | {IGNORE_INDEX}

@@ -78,15 +78,26 @@ def check_output(out_dir: Path, inputs: list[str]) -> Path:
 @torch.no_grad()
 def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Path, *,
                    size: tuple[int, int] | None = None, tta: TTA = TTA(),
-                   device: torch.device | None = None, progress: bool = True) -> list[Path]:
+                   device: torch.device | None = None, progress: bool = True,
+                   fmt: str | None = None) -> list[Path]:
     """Segment arbitrary images at the checkpoint's input size (or ``size``), predictions at the
     images' own resolution, written as ``out_dir/<name>_trainIds.png`` (and ``_color``,
     ``_overlay``) where ``<name>`` is the image's path inside its input folder, extension
-    included (:func:`find_images`). Returns the images processed."""
+    included (:func:`find_images`). With ``fmt`` (:func:`save_format`) one PNG per image
+    instead, named as the image with the extension .png, in the folders of the input (the file
+    names the Cityscapes and ACDC servers match on). Returns the images processed."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     files = find_images(inputs)
+    if fmt is not None:  # one PNG per image, named as the image (what test servers take)
+        named: dict[Path, Path] = {}
+        for path, name in files:
+            other = named.setdefault(name.with_suffix(".png"), path)
+            if other != path:
+                raise DatasetError(f"{other} and {path}: both would be written as "
+                                   f"{name.with_suffix('.png')} (--format {fmt})")
     check_output(Path(out_dir), inputs)
     model, cfg, _ = load_trained(checkpoint, device)
+    classes = class_set_of(cfg)
     size = tuple(size) if size else tuple(cfg.data.val.size)
     for path, name in tqdm(files, desc="predict", unit="img", disable=not progress):
         image = read_image(path)
@@ -98,5 +109,26 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
         else:
             scores = upsample_logits(model(x).logits, full, tta.align_corners)
         pred = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        save_prediction(Path(out_dir) / name, pred, image, class_set_of(cfg).colorize)
+        if fmt is None:
+            save_prediction(Path(out_dir) / name, pred, image, classes.colorize)
+        else:
+            out = Path(out_dir) / name.with_suffix(".png")
+            save_format(out, pred, fmt, classes)
     return [path for path, _ in files]
+
+
+FORMATS = ("trainids", "labelids", "color")
+
+
+def save_format(path: Path, pred: np.ndarray, fmt: str, classes) -> None:
+    """One prediction PNG in a test server's format: ``trainids`` (class indices; ACDC, Dark
+    Zurich), ``labelids`` (the class set's label values; Cityscapes) or ``color``."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "color":
+        save_rgb(path, classes.colorize(pred))
+        return
+    out = classes.to_values()[pred] if fmt == "labelids" else pred
+    if not cv2.imwrite(str(path), out):
+        raise OSError(f"{path}: could not write")
