@@ -14,7 +14,8 @@ from cosalign.methods import apply_method, method_config
 
 
 def test_presets_load_and_round_trip():
-    for name in ("minicity", "gta5_to_cityscapes", "synthia_to_cityscapes"):
+    for name in ("minicity", "gta5_to_cityscapes", "synthia_to_cityscapes", "cityscapes_to_acdc",
+                 "cityscapes_to_darkzurich"):
         cfg = load_config(name)
         assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
 

@@ -251,3 +251,16 @@ def test_parse_class_set_default_values_are_indices():
     cs = parse_class_set({"name": "two", "classes": [{"name": "a", "color": [0, 0, 0]},
                                                      {"name": "b", "color": [1, 1, 1]}]}, "x")
     assert cs.lut(256)[:3].tolist() == [0, 1, 255]
+
+
+def test_the_readme_class_set_is_the_one_tested():
+    """The README's worked example (Use your own data) shows this test's 5-class set."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("# mini5.yaml\n", 1)[1].split("```", 1)[0]
+    shown = parse_class_set(yaml.safe_load(block), "README.md")
+    tested = parse_class_set(MINI5, "test")
+    assert (shown.names, shown.colors, shown.values, shown.subsets) == (
+        tested.names, tested.colors, tested.values, tested.subsets)
+    assert shown.ignore == (1, 255)  # MiniCity's labels hold the ten ids and the ego vehicle

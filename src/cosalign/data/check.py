@@ -54,7 +54,8 @@ class CheckReport:
         return not self.errors
 
     def format(self, max_lines: int = 20, histogram: bool = True) -> str:
-        lines = [f"{self.dataset} at {self.root} ({self.split}): {self.images} images, "
+        split = f" ({self.split})" if self.dataset in ("cityscapes", "acdc", "darkzurich") else ""
+        lines = [f"{self.dataset} at {self.root}{split}: {self.images} images, "
                  f"{self.labels} labels"]
         for kind, items in (("error", self.errors), ("warning", self.warnings)):
             for item in items[:max_lines]:
