@@ -264,3 +264,21 @@ def test_the_readme_class_set_is_the_one_tested():
     assert (shown.names, shown.colors, shown.values, shown.subsets) == (
         tested.names, tested.colors, tested.values, tested.subsets)
     assert shown.ignore == (1, 255)  # MiniCity's labels hold the ten ids and the ego vehicle
+
+
+def test_a_label_value_outside_the_set_stops_train_before_any_work(tmp_path, capsys):
+    root = tmp_path / "own"
+    for d in ("images", "labels"):
+        (root / d).mkdir(parents=True)
+    cv2.imwrite(str(root / "images/a.png"), np.zeros((8, 10, 3), np.uint8))
+    _label(root / "labels/a.png", [[7, 99] * 5] * 8)
+    classes = write_yaml(tmp_path / "mini5.yaml", MINI5)
+    folder = ["dataset=folder", f"root={root}"]
+    code = main(["train", "--config", "minicity", "--quiet", "--out", str(tmp_path / "run"),
+                 "--set", f"data.class_set={classes}", "data.classes=mini5",
+                 "data.source.list_file=null", *(f"data.{d}.{kv}" for d in
+                                                  ("source", "target", "val") for kv in folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "labels/a.png: label values [99] are not in the class set 'mini5'" in err
+    assert not (tmp_path / "run").exists()

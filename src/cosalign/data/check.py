@@ -279,8 +279,11 @@ def require_usable(domain: DomainConfig, class_set: ClassSet, progress: bool = T
                            image_suffix=domain.image_suffix, label_suffix=domain.label_suffix,
                            label_values=domain.label_values)
     if not report.usable:
-        raise DatasetError(f"{domain.root} is not a usable {domain.dataset} tree "
-                           f"(cosalign data check says):\n{report.format(5, histogram=False)}")
+        n = len(report.errors)
+        more = (f" (and {n - 1} more: `cosalign data check {domain.root} --dataset "
+                f"{domain.dataset}` lists them)" if n > 1 else "")
+        raise DatasetError(f"{domain.root} is not a usable {domain.dataset} tree: "
+                           f"{report.errors[0]}{more}")
     if key is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,8 @@ def read_list_file(list_file: Path) -> list[str]:
 
 def require_dir(path: Path, layout: str) -> None:
     if not path.is_dir():
-        raise DatasetError(f"{path}: folder not found; expected layout:\n{layout}")
+        shown = "; ".join(line.strip() for line in layout.splitlines() if line.strip())
+        raise DatasetError(f"{path}: folder not found; expected layout: {shown}")
 
 
 class SegmentationDataset(Dataset):
