@@ -27,10 +27,11 @@ from cosalign.data.dataset import DatasetError, SegmentationDataset
 
 
 def class_pixel_counts(dataset: SegmentationDataset, num_classes: int,
-                       progress: bool = True) -> np.ndarray:
-    """(n_images, K) int64: pixels of each class in each label of ``dataset``, cached."""
+                       progress: bool = True, key: str = "") -> np.ndarray:
+    """(n_images, K) int64: pixels of each class in each label of ``dataset``, cached by the
+    label files and ``key`` (what maps their values to classes: the class set)."""
     labels = [Path(label) for _, label in dataset.pairs]
-    h = hashlib.sha1(str(num_classes).encode())
+    h = hashlib.sha1(f"{num_classes}|{key}".encode())
     for p in labels:
         st = os.stat(p)
         h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())

@@ -270,7 +270,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     b, w = cfg.data.batch_size, cfg.data.workers
     rcs = None
     if cfg.data.rcs_temperature > 0:
-        rcs = (class_pixel_counts(source, K, progress and main),
+        values = cfg.data.source.label_values
+        key = f"{classes}|{Path(values).read_text() if values else ''}"
+        rcs = (class_pixel_counts(source, K, progress and main, key),
                cfg.data.rcs_temperature, cfg.data.rcs_min_pixels)
     src_iter = batches(source, b, cfg.train.seed, start, w, rcs)
     tgt_iter = batches(target, b, cfg.train.seed + 1, start, w)
