@@ -91,6 +91,7 @@ def _tta(args):
 
 
 def cmd_eval(args) -> int:
+    from cosalign.data.classes import class_set_from_dict
     from cosalign.engine import distributed
     from cosalign.engine.evaluate import evaluate_checkpoint, format_table
 
@@ -99,8 +100,9 @@ def cmd_eval(args) -> int:
         save_predictions=args.save_predictions, out=args.out,
         device=distributed.setup(args.device), progress=not args.quiet, which=args.model)
     print(f"{results['images']} images, {results['protocol']}")
+    classes = class_set_from_dict(results["class_set"])
     for subset in results["miou"]:
-        print(format_table({"IoU (%)": results}, subset, results["class_set"]) + "\n")
+        print(format_table({"IoU (%)": results}, subset, classes) + "\n")
     return 0
 
 

@@ -196,14 +196,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
                         on_batch=on_batch)
     subsets = [cfg.data.classes, *cfg.data.extra_classes]
     results = summarize(cm, subsets, classes)
-    results["class_set"] = classes
+    results["class_set"] = classes.to_dict()
     results.update({"checkpoint": str(checkpoint), "dataset": val_cfg.root, "split": split,
                     "images": len(dataset), "input_size": val_cfg.size,
                     "align_corners": tta.align_corners, "protocol": tta.describe(),
                     "model": which,
                     "confusion": cm.tolist()})
-    out.with_suffix(".json").write_text(json.dumps(
-        {**results, "class_set": classes.to_dict()}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     tables = "\n\n".join(format_table({Path(checkpoint).parent.name: results}, s, classes)
                          for s in subsets)
     out.with_suffix(".md").write_text(
