@@ -15,7 +15,10 @@ os.environ.setdefault("COSALIGN_CACHE", tempfile.mkdtemp(prefix="cosalign-test-c
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from cosalign.config import load_config, to_dict  # noqa: E402
+from cosalign.engine.checkpoint import save_checkpoint  # noqa: E402
 from cosalign.minicity import MiniCitySpec, make_minicity, minicity_config  # noqa: E402
+from cosalign.models import build_model  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -84,3 +87,16 @@ def tiny_config(tiny_minicity):
         "dictionary.capacity=8", "loss.cos=0.1", "align.tau=0.0", "align.start_iter=0",
         f"train.device={TEST_DEVICE}",
     ])
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """An untrained small model saved as a cosalign checkpoint (its config: 48x24 input)."""
+    cfg = load_config("minicity", ["model.width=0.125", "data.val.size=[48, 24]",
+                                   "data.classes=cityscapes19"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 19)
+    # a bias so that predictions spread over several classes
+    model.head.branches[0].bias.data = torch.randn(19)
+    return save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg), "iteration": 0},
+                           tmp_path / "run", 0)

@@ -10,27 +10,11 @@ import torch
 from PIL import Image
 
 from cosalign.cli import main
-from cosalign.config import load_config, to_dict
 from cosalign.data.labels import TRAINID_TO_CITYSCAPES_ID
-from cosalign.engine.checkpoint import save_checkpoint
 from cosalign.engine.evaluate import evaluate_checkpoint
 from cosalign.engine.tta import TTA
-from cosalign.models import build_model
 from tests.conftest import official_module
 from tests.trees import make_cityscapes
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    """An untrained small model saved as a cosalign checkpoint (its config: 48x24 input)."""
-    cfg = load_config("minicity", ["model.width=0.125", "data.val.size=[48, 24]",
-                                   "data.classes=cityscapes19"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model, 19)
-    # a bias so that predictions spread over several classes
-    model.head.branches[0].bias.data = torch.randn(19)
-    return save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg), "iteration": 0},
-                           tmp_path / "run", 0)
 
 
 def official_scores(pred_paths, gt_paths, monkeypatch, export_dir):

@@ -3,14 +3,10 @@ errors, and `cosalign predict --format` writing what the test servers take."""
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cosalign.cli import main
-from cosalign.config import load_config, to_dict
 from cosalign.data.labels import CITYSCAPES_ID_TO_TRAINID
-from cosalign.engine.checkpoint import save_checkpoint
-from cosalign.models import build_model
 from tests.conftest import official_module
 from tests.test_eval_protocol import official_scores
 from tests.trees import make_acdc, make_cityscapes
@@ -90,17 +86,6 @@ def test_score_errors_name_the_file(tmp_path, capsys):
     run("64x16, but the label of")
     _write(preds[0], np.full((32, 64), 3))  # id 3 (out of roi) is no evaluated class
     run("values [3] are not label ids of its classes")
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    cfg = load_config("minicity", ["model.width=0.125", "data.val.size=[48, 24]",
-                                   "data.classes=cityscapes19"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model, 19)
-    model.head.branches[0].bias.data = torch.randn(19)
-    return save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg), "iteration": 0},
-                           tmp_path / "run", 0)
 
 
 def test_predict_format_writes_server_names_that_score_reads(tmp_path, checkpoint, capsys):
