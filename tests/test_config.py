@@ -122,3 +122,10 @@ def test_a_presets_methods_section_applies_to_that_method_only(tmp_path):
     bad.write_text("methods:\n  dacs: 3\n")
     with pytest.raises(ConfigError, match="methods.dacs: expected a mapping"):
         load_config(str(bad))
+
+
+def test_the_depths_offered_are_the_resnets_built():
+    from cosalign.config import DEPTHS
+    from cosalign.models.resnet import BLOCKS_PER_DEPTH
+
+    assert DEPTHS == tuple(sorted(BLOCKS_PER_DEPTH))

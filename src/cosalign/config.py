@@ -2,8 +2,11 @@
 
 A preset (src/cosalign/configs/*.yaml) holds only the fields that differ from the defaults
 below. An override must name an existing field and keep its type; a field with a fixed set of
-values declares them next to it (:func:`choice`), and a value outside them is an error that
-lists them (the CLI takes its ``choices`` from the same constants). The sections say one thing
+values declares them next to it (:func:`choice`), a numeric field its valid range
+(:func:`bounded`), and a value outside them is a one-line error that says what is valid (the
+CLI takes its ``choices`` from the same constants). :func:`validate` checks the whole config
+when it is loaded (and when a run starts), including what one field cannot say alone: the
+class set and its subsets, each domain's dataset options. The sections say one thing
 each: ``loss`` the weight of every term (the methods of cosalign/methods/table.py set them),
 ``align`` the settings of the cosine alignment, ``dictionary`` those of the source feature
 dictionary. Keys of the layout before 0.2 (``loss.tau``, ``loss.capacity``,

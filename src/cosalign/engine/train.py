@@ -58,7 +58,8 @@ from cosalign.models.weights import load_weights
 
 class NonFiniteLoss(RuntimeError):
     """A loss term (or, before a checkpoint, a weight) became NaN or inf; the run stops before
-    the bad gradient is applied. ``advice`` (set by the loop) says where a resume starts."""
+    the bad gradient is applied. The loop adds to the message which checkpoints it set aside,
+    where a resume starts and what to change (engine/divergence.py)."""
 
     def __init__(self, iteration: int, term: str, value: float) -> None:
         super().__init__(f"iteration {iteration}: loss term '{term}' is {value}; training "
