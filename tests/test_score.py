@@ -94,19 +94,19 @@ def test_predict_format_writes_server_names_that_score_reads(tmp_path, checkpoin
     assert main(["predict", "--checkpoint", str(checkpoint), str(data / "leftImg8bit" / "val"),
                  "--out", str(out), "--format", "labelids", "--quiet", "--device", "cpu"]) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert written == ["lindau/lindau_000000_000019_leftImg8bit.png",
-                       "munster/munster_000000_000019_leftImg8bit.png"]
+    assert written == ["lindau_000000_000019_leftImg8bit.png",
+                       "munster_000000_000019_leftImg8bit.png"]
     ids = np.array(Image.open(out / written[0]))
     assert ids.shape == (32, 64) and set(np.unique(ids)) <= set(EVAL_IDS.tolist())
     assert main(["score", str(out), str(data), "--dataset", "cityscapes", "--format",
                  "labelids", "--quiet"]) == 0
-    # ACDC takes trainIds named as the images, in their condition folders
+    # ACDC takes trainIds named as the images
     acdc = make_acdc(tmp_path / "acdc", conditions=("fog",), splits=("val",), size=(64, 32))
     out = tmp_path / "acdc_server"
     assert main(["predict", "--checkpoint", str(checkpoint), str(acdc / "rgb_anon"), "--out",
                  str(out), "--format", "trainids", "--quiet", "--device", "cpu"]) == 0
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert names[0].startswith("fog/val/") and names[0].endswith("_rgb_anon.png")
+    assert len(names) == 2 and "/" not in names[0] and names[0].endswith("_rgb_anon.png")
     assert np.array(Image.open(out / names[0])).max() < 19
     capsys.readouterr()
     assert main(["score", str(out), str(acdc), "--dataset", "acdc", "--conditions", "fog",

@@ -114,7 +114,7 @@ def cmd_predict(args) -> int:
                            device=distributed.setup(args.device), progress=not args.quiet,
                            fmt=args.format)
     what = ("<path in the input>_trainIds.png, _color.png, _overlay.png" if args.format is None
-            else f"{args.format}: <path in the input>.png")
+            else f"{args.format}: <image name>.png")
     print(f"{len(files)} image(s) -> {args.out} ({what})")
     return 0
 

@@ -84,17 +84,17 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
     images' own resolution, written as ``out_dir/<name>_trainIds.png`` (and ``_color``,
     ``_overlay``) where ``<name>`` is the image's path inside its input folder, extension
     included (:func:`find_images`). With ``fmt`` (:func:`save_format`) one PNG per image
-    instead, named as the image with the extension .png, in the folders of the input (the file
-    names the Cityscapes and ACDC servers match on). Returns the images processed."""
+    instead, named as the image with the extension .png, all in ``out_dir``
+    (:func:`server_name`). Returns the images processed."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     files = find_images(inputs)
-    if fmt is not None:  # one PNG per image, named as the image (what test servers take)
-        named: dict[Path, Path] = {}
+    if fmt is not None:  # one PNG per image, named as the image, in one folder
+        named: dict[str, Path] = {}
         for path, name in files:
-            other = named.setdefault(name.with_suffix(".png"), path)
+            other = named.setdefault(server_name(name), path)
             if other != path:
                 raise DatasetError(f"{other} and {path}: both would be written as "
-                                   f"{name.with_suffix('.png')} (--format {fmt})")
+                                   f"{server_name(name)} (--format {fmt})")
     check_output(Path(out_dir), inputs)
     model, cfg, _ = load_trained(checkpoint, device)
     classes = class_set_of(cfg)
@@ -112,12 +112,18 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
         if fmt is None:
             save_prediction(Path(out_dir) / name, pred, image, classes.colorize)
         else:
-            out = Path(out_dir) / name.with_suffix(".png")
-            save_format(out, pred, fmt, classes)
+            save_format(Path(out_dir) / server_name(name), pred, fmt, classes)
     return [path for path, _ in files]
 
 
 FORMATS = ("trainids", "labelids", "color")
+
+
+def server_name(name: Path) -> str:
+    """The image's file name with the extension .png: the name the Cityscapes and ACDC
+    servers match on (their images' names are unique across folders; DAFormer and mmseg write
+    their submissions the same way, flat)."""
+    return Path(name).with_suffix(".png").name
 
 
 def save_format(path: Path, pred: np.ndarray, fmt: str, classes) -> None:
