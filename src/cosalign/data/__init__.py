@@ -13,7 +13,7 @@ from cosalign.data.classes import ClassSet, ClassSetError, load_class_set
 from cosalign.data.dataset import DatasetError, InfiniteSampler, SegmentationDataset
 from cosalign.data.folder import FolderLabels, folder_pairs, value_map
 from cosalign.data.gta5 import gta5_pairs, read_gta5_label
-from cosalign.data.labels import map_ids
+from cosalign.data.labels import CLASS_NAMES, map_ids
 from cosalign.data.synthia import read_synthia_label, synthia_pairs
 from cosalign.data.transforms import JointTransform
 
@@ -66,7 +66,8 @@ def label_reader(domain, class_set: ClassSet):
     if domain.dataset == "folder":
         return FolderLabels(value_map(class_set, domain.label_values))
     read = READERS[domain.dataset]
-    return read if class_set.name == "cityscapes" else Remapped(read, class_set.from_cityscapes())
+    identity = class_set.names == CLASS_NAMES  # the 19 trainIds themselves
+    return read if identity else Remapped(read, class_set.from_cityscapes())
 
 
 def check_domain(domain, class_set: ClassSet) -> None:

@@ -28,7 +28,7 @@ from cosalign.data.adverse import image_of_label, raw_label_files
 from cosalign.data.classes import ClassSet, load_class_set
 from cosalign.data.dataset import DatasetError, read_8bit_label
 from cosalign.data.folder import orphan_labels, read_label_values, value_map
-from cosalign.data.labels import CITYSCAPES_LUT, IGNORE_INDEX, SYNTHIA_LUT, map_ids
+from cosalign.data.labels import CITYSCAPES_LUT, CLASS_NAMES, IGNORE_INDEX, SYNTHIA_LUT, map_ids
 from cosalign.data.synthia import read_synthia_class_ids
 
 # Raw ids that exist in each built-in dataset's label files.
@@ -134,7 +134,7 @@ def check_dataset(root: str | Path, dataset: str, split: str = "train",
                 classes = map_ids(raw, lut16[:256]) if raw.dtype == np.uint8 else lut16[raw]
             else:
                 raw, classes = _raw_label(dataset, label_path)
-                classes = classes if class_set.name == "cityscapes" else map_ids(
+                classes = classes if class_set.names == CLASS_NAMES else map_ids(
                     classes, class_set.from_cityscapes())
         except DatasetError as e:
             msg = str(e)

@@ -106,10 +106,9 @@ def orphan_labels(root: Path, image_suffix: str = "", label_suffix: str = ".png"
 def read_label_values(path: Path) -> np.ndarray:
     """(H, W) uint8 or uint16 label values of a single-channel (or palette) PNG."""
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is not None and raw.ndim == 2 and raw.dtype == np.uint16:
+    if raw is not None and raw.ndim == 2 and raw.dtype in (np.uint8, np.uint16):
         return raw
-    label = read_8bit_label(path)  # palette PNGs: the stored indices, not the colours
-    return label
+    return read_8bit_label(path)  # palette PNGs: the stored indices, not OpenCV's colours
 
 
 def value_map(class_set: ClassSet, label_values: str | Path | None = None) -> ClassSet:
