@@ -98,6 +98,11 @@ def test_kill_after_a_checkpoint_resumes_to_the_straight_run_logged_once(tiny_co
     assert (run / f"{newest.name}.unreadable").is_file()
     _same_weights(run, straight)
     assert _logged_once(run) == _logged_once(straight)
+    # a log with iterations twice (what resumes wrote before): report reads each once
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines + lines[1:3]) + "\n")
+    loaded = load_run(run)
+    assert [r["iter"] for r in loaded.train] == sorted({r["iter"] for r in loaded.train})
 
 
 def test_resume_of_a_run_killed_before_its_final_evaluation_writes_it(tiny_config, tmp_path):

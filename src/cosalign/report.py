@@ -88,7 +88,9 @@ def load_run(path: str | Path, by: tuple[str, ...] = ()) -> Run:
         cfg = from_dict(yaml.safe_load(cfg_file.read_text()))
     except (ConfigError, yaml.YAMLError, AttributeError) as e:
         raise ReportError(f"{cfg_file}: not a cosalign config ({e})") from None
-    rows = read_metrics(path)
+    # one record per iteration and kind, the last: runs resumed before resumes dropped the
+    # lines after their checkpoint hold some iterations twice
+    rows = list({(r["iter"], r["kind"]): r for r in read_metrics(path)}.values())
     evals = [r for r in rows if r["kind"] == "eval"]
     last = cfg.train.iters
     final = [r for r in evals if r["iter"] == last]
