@@ -65,3 +65,12 @@ def test_predict_keeps_paths_and_extensions_and_refuses_clashes(tiny_config, tmp
         err = capsys.readouterr().err
         assert word in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists() and not (images / "pred").exists()
+
+
+def test_predict_with_a_missing_checkpoint_makes_no_output_folder(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((4, 4, 3), np.uint8))
+    code = main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(image), "--out",
+                 str(tmp_path / "out")])
+    assert code == 2 and "none.pt: checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -95,8 +95,8 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
             if other != path:
                 raise DatasetError(f"{other} and {path}: both would be written as "
                                    f"{server_name(name)} (--format {fmt})")
-    check_output(Path(out_dir), inputs)
     model, cfg, _ = load_trained(checkpoint, device)
+    check_output(Path(out_dir), inputs)  # before any image is segmented
     classes = class_set_of(cfg)
     size = tuple(size) if size else tuple(cfg.data.val.size)
     for path, name in tqdm(files, desc="predict", unit="img", disable=not progress):
