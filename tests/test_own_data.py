@@ -235,6 +235,9 @@ def test_five_class_minicity_folder_end_to_end(small_cfg, tiny_minicity, tmp_pat
     colours = cv2.imread(str(next(pred.glob("*_color.png"))))[..., ::-1].reshape(-1, 3)
     palette = {tuple(c["color"]) for c in MINI5["classes"]}
     assert {tuple(c) for c in np.unique(colours, axis=0)} <= palette
+    assert main(["viz", str(tmp_path / "run"), "--out", str(tmp_path / "viz"), "--images", "2",
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "viz" / "features.png").is_file()
     # a run keeps its class set: resuming it with the 19 classes is one clear error
     code = main(["train", "--resume", str(tmp_path / "run"), "--quiet", "--set",
                  "data.class_set=cityscapes", "data.classes=minicity",
