@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 from cosalign.data.transforms import JointTransform
 
 Pair = tuple[Path, Path | None]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what OpenCV reads
 
 
 class DatasetError(Exception):

@@ -22,6 +22,7 @@ import yaml
 
 from cosalign.data.classes import ClassSet, ClassSetError, parse_class_set
 from cosalign.data.dataset import (
+    IMAGE_SUFFIXES,
     DatasetError,
     Pair,
     read_8bit_label,
@@ -29,7 +30,6 @@ from cosalign.data.dataset import (
     require_dir,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUT = ("  ROOT/images/<path><image_suffix>  (any nesting)\n"
           "  ROOT/labels/<path><label_suffix>  (single-channel PNG of label values)")
 

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from cosalign.config import class_set_of
-from cosalign.data.dataset import DatasetError, read_image
+from cosalign.data.dataset import IMAGE_SUFFIXES, DatasetError, read_image
 from cosalign.data.labels import colorize
 from cosalign.data.transforms import normalize, resize_pair
 from cosalign.engine.checkpoint import load_trained
@@ -18,8 +18,6 @@ from cosalign.engine.tta import TTA
 from cosalign.engine.upsample import upsample_logits
 from cosalign.outputs import OutputError, writable_dir
 from cosalign.viz import overlay, save_rgb
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def save_prediction(base: Path, pred: np.ndarray, image: np.ndarray | None = None,
