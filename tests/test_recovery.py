@@ -47,6 +47,10 @@ def test_divergence_start_by_hand():
     assert divergence_start([*sane, (20, 20.0), (21, 1e9)], 22) == 21
     assert divergence_start([], 7) is None  # just resumed: its checkpoint was not made now
     assert divergence_start([(5, float("inf"))], 6) == 5
+    # a blow-up from the second iteration on: its own losses must not raise the baseline (the
+    # median of all three is 5.5e12, which would call iteration 1 sane)
+    assert divergence_start([(0, 3.08), (1, 5.49e12), (2, 5.4e21)], 3) == 1
+    assert divergence_start([(0, 3.08), (1, 3.0), (2, 5.4e21)], 3) == 2
 
 
 def test_blow_up_to_nan_sets_aside_its_checkpoints_and_resumes_to_the_straight_run(

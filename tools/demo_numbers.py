@@ -1,16 +1,21 @@
 """Re-make the README's demo numbers and check them (``make numbers``).
 
-    .venv/bin/python tools/demo_numbers.py            # run the demo (~4 min), compare; exit 1
+    .venv/bin/python tools/demo_numbers.py            # run the demo (~3-5 min), compare; exit 1
                                                       # naming what is stale
     .venv/bin/python tools/demo_numbers.py --results runs/demo/results.json  # check a result
-    .venv/bin/python tools/demo_numbers.py --write    # run, then record the new numbers
+    .venv/bin/python tools/demo_numbers.py --write    # run, then record this machine's numbers
 
-``docs/results/demo.json`` records what the demo printed on the development machine with the
-locked environment: every mIoU to the last bit and the hash of the MiniCity data it trained on.
-The README's demo sentence is made from that record (:func:`readme_sentence`), and a test checks
-that the README holds it. This command checks the third link: that the demo run here gives the
-recorded numbers. On the same machine kind with the lock they are bit-identical; on another CPU
-or a GPU they differ within the seed spread (README, "Reproducibility").
+``docs/results/demo.json`` records what the demo printed, one record per machine signature
+(``cpu-avx2/fp32/torch 2.13.0+cpu/2 threads``: the CPU kind its kernels used, the precision
+``train.amp=auto`` chose, torch, the threads; engine/precision.py): every mIoU to the last bit
+and the hash of the MiniCity data it trained on. The README states each record's numbers (a
+test checks them).
+
+On a signature with a record, the fresh numbers must equal it bit for bit. On another one (a
+new CPU kind, another torch, another thread count) float sums run in another order, so the
+numbers are printed, compared with the nearest record within :data:`TOLERANCE`, and the output
+says that they are not bit for bit and how to record them; the data hash must still be equal
+(MiniCity is generated the same everywhere).
 """
 
 from __future__ import annotations
@@ -25,11 +30,16 @@ RECORD = ROOT / "docs" / "results" / "demo.json"
 README = ROOT / "README.md"
 NAMES = ("source-only", "BatchNorm control", "ours")
 KEPT = ("miou", "gain", "gain_over_control", "class_subset", "iou", "minicity_content_sha256",
-        "environment")
+        "environment", "precision")
+# mIoU a run may move by on a machine without a record: twice the sample standard deviation
+# over seeds 1-5 of each method in the demo's regime (docs/results/minicity.md, regime (c):
+# source-only 40.8 +- 0.6, the BatchNorm control 41.6 +- 0.4, ours 42.4 +- 0.4). Measured
+# across machines: AVX2/fp32 against AMX/bf16 moved the three by 0.11, 0.02 and 0.07.
+TOLERANCE = {"source-only": 1.2, "BatchNorm control": 0.8, "ours": 0.8}
 
 
 def readme_sentence(record: dict) -> str:
-    """The README's demo numbers, as the README states them."""
+    """A record's demo numbers, as the README states them."""
     m = record["miou"]
     return (f"source-only {m['source-only']:.1f}, the BatchNorm control "
             f"{m['BatchNorm control']:.1f}, ours {m['ours']:.1f} mIoU: ours "
@@ -37,15 +47,19 @@ def readme_sentence(record: dict) -> str:
             "over the control")
 
 
-def readme_is_current(record: dict, readme: str) -> str | None:
-    """None if the README states ``record``'s numbers, else what it should say."""
-    want = readme_sentence(record)
+def readme_is_current(records: dict, readme: str) -> str | None:
+    """None if the README states every record's numbers, else the first missing sentence
+    (with its signature)."""
     flat = " ".join(readme.split())  # the sentence may be wrapped over lines
-    return None if want in flat else want
+    for signature, record in records.items():
+        want = readme_sentence(record)
+        if want not in flat:
+            return f"{want} (on {signature})"
+    return None
 
 
 def differences(record: dict, fresh: dict) -> list[str]:
-    """What differs between the recorded and a fresh demo result (bit for bit)."""
+    """What differs between a recorded and a fresh demo result (bit for bit)."""
     out = []
     if record["minicity_content_sha256"] != fresh.get("minicity_content_sha256"):
         out.append(f"MiniCity data: recorded {record['minicity_content_sha256'][:12]}, "
@@ -57,13 +71,53 @@ def differences(record: dict, fresh: dict) -> list[str]:
     return out
 
 
+def nearest(records: dict, fresh: dict) -> tuple[str, dict[str, float]]:
+    """The record closest to ``fresh`` (largest mIoU difference over the runs, smallest first)
+    and the differences to it."""
+    def gaps(record):
+        return {n: fresh["miou"][n] - record["miou"][n] for n in NAMES}
+
+    best = min(records, key=lambda s: max(abs(v) for v in gaps(records[s]).values()))
+    return best, gaps(records[best])
+
+
+def check(records: dict, fresh: dict, readme: str) -> tuple[list[str], list[str]]:
+    """(problems, notes) of a fresh demo result against the records and the README."""
+    signature = fresh.get("machine")
+    problems, notes = [], []
+    if signature is None:
+        return ["the demo's results.json has no machine signature (made before the records "
+                "per machine); run the demo again"], notes
+    if signature in records:
+        problems += [f"{RECORD.relative_to(ROOT)} is stale on {signature}: {d}"
+                     for d in differences(records[signature], fresh)]
+    else:
+        best, gaps = nearest(records, fresh)
+        notes.append(f"no record for this machine ({signature}): these numbers are not "
+                     f"compared bit for bit; nearest record {best}: " + ", ".join(
+                         f"{n} {g:+.2f}" for n, g in gaps.items()) + " mIoU (tolerance: " +
+                     ", ".join(f"{n} {t}" for n, t in TOLERANCE.items()) + ")")
+        problems += [f"{n}: {gaps[n]:+.2f} mIoU from the nearest record ({best}), more than "
+                     f"the tolerance {TOLERANCE[n]} (twice the seed spread)"
+                     for n in NAMES if abs(gaps[n]) > TOLERANCE[n]]
+        sha = records[best]["minicity_content_sha256"]
+        if fresh.get("minicity_content_sha256") != sha:
+            problems.append(f"MiniCity data: recorded {sha[:12]}, this run "
+                            f"{str(fresh.get('minicity_content_sha256'))[:12]}")
+    stale = readme_is_current(records, readme)
+    if stale:
+        problems.append(f"README.md's demo numbers are stale; it should state: {stale}")
+    return problems, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, help="a demo's results.json (default: run it)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "numbers",
                         help="where the demo runs (default runs/numbers)")
     parser.add_argument("--write", action="store_true",
-                        help="record the fresh numbers in docs/results/demo.json")
+                        help="record the fresh numbers in docs/results/demo.json under this "
+                             "machine's signature")
     args = parser.parse_args(argv)
     if args.results is None:
         from cosalign.demo import run_demo
@@ -71,24 +125,29 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(ROOT / "data" / "minicity", args.out, progress=False)
         args.results = args.out / "results.json"
     fresh = json.loads(args.results.read_text())
-    if args.write:
-        RECORD.write_text(json.dumps({k: fresh[k] for k in KEPT}, indent=1) + "\n")
-        print(f"recorded {args.results} in {RECORD.relative_to(ROOT)}")
-    record = json.loads(RECORD.read_text())
-    problems = [f"{RECORD.relative_to(ROOT)} is stale: {d}" for d in differences(record, fresh)]
-    stale = readme_is_current(record, README.read_text())
-    if stale:
-        problems.append(f"README.md's demo numbers are stale; they should read: {stale}")
-    print("README demo numbers (this run): " + readme_sentence(fresh))
+    records = json.loads(RECORD.read_text())["records"]
+    if args.write and fresh.get("machine"):
+        records[fresh["machine"]] = {k: fresh[k] for k in KEPT if k in fresh}
+        RECORD.write_text(json.dumps({"records": records}, indent=1) + "\n")
+        print(f"recorded {args.results} in {RECORD.relative_to(ROOT)} under {fresh['machine']}")
+    problems, notes = check(records, fresh, README.read_text())
+    print(f"README demo numbers (this run, {fresh.get('machine')}): " + readme_sentence(fresh))
+    for n in notes:
+        print(n)
     for p in problems:
         print(p, file=sys.stderr)
-    if problems:
+    if problems or notes:
         print("to record this run's numbers: .venv/bin/python tools/demo_numbers.py --results "
               f"{args.results} --write, then put the sentence above in README.md",
-              file=sys.stderr)
+              file=sys.stderr if problems else sys.stdout)
+    if problems:
         return 1
-    print(f"the demo's numbers equal the recorded ones bit for bit ({RECORD.relative_to(ROOT)})"
-          " and the README states them")
+    if notes:
+        print("within the tolerance of the nearest record; not bit for bit (no record for "
+              "this machine)")
+    else:
+        print(f"the demo's numbers equal the record for {fresh['machine']} bit for bit "
+              f"({RECORD.relative_to(ROOT)}) and the README states every record")
     return 0
 
 

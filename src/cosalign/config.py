@@ -37,7 +37,7 @@ REFERENCES = ("dictionary", "batch")
 CLASS_RESTRICTS = ("none", "pseudo")
 ENQUEUES = ("pixels", "mean")
 MATMULS = ("auto", "bf16", "fp32")
-AMPS = ("none", "bf16", "fp16")
+AMPS = ("auto", "none", "bf16", "fp16")  # auto: bf16 where native (engine/precision.py)
 DEVICES = ("auto", "cuda", "cpu")
 TEACHER_MODES = ("train", "eval")
 MIX_CLASSES = ("image", "batch")
@@ -229,6 +229,9 @@ class OptimConfig:
 class TrainConfig:
     iters: int = bounded(120_000, 0)  # 0: no training, evaluate the initial weights
     seed: int = bounded(0, 0)
+    # autocast precision: none (fp32), bf16, fp16 (CUDA, with loss scaling), or auto: bf16 where
+    # the device computes it natively (a GPU with bf16, a CPU with AMX or AVX512-BF16), fp32
+    # elsewhere; the run prints and records what it chose (engine/precision.py)
     amp: str = choice("none", AMPS)
     channels_last: bool = False  # NHWC convolutions (faster on recent CPUs and GPUs)
     log_every: int = bounded(50, 1)

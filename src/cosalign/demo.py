@@ -31,8 +31,10 @@ import torch
 from cosalign.config import ConfigError, to_dict
 from cosalign.data import build_dataset
 from cosalign.data.transforms import denormalize
-from cosalign.engine.checkpoint import list_checkpoints, load_trained
+from cosalign.engine import distributed
+from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint, load_trained
 from cosalign.engine.evaluate import format_table
+from cosalign.engine.precision import resolve_amp
 from cosalign.engine.train import train
 from cosalign.engine.upsample import upsample_logits
 from cosalign.minicity import MiniCitySpec, content_hash, make_minicity, minicity_config
@@ -91,6 +93,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
     out_dir = Path(out_dir)
     overrides = [*REGIME, *(overrides or [])]
     cfg = minicity_config(data_dir, overrides)  # every config checked before any work
+    print("cosalign demo: " + resolve_amp(cfg.train.amp, distributed.setup(cfg.train.device))[1])
     names = {m: DISPLAY.get(m, m) for m in methods}
     runs = {names[m]: minicity_config(data_dir, overrides, m) for m in methods}
     dirs = {names[m]: out_dir / m for m in methods}
@@ -151,6 +154,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
     comparison_figure(rows, out_dir / "figure.png", title)
     run_viz([list_checkpoints(dirs[name])[-1] for name in (base, shown)], out_dir)
     total = time.perf_counter() - t0
+    final = load_checkpoint(list_checkpoints(dirs[shown])[-1])
     summary = {
         "methods": list(methods), "miou": miou, "gain": gain, "gain_over_control": own,
         "class_subset": subset,
@@ -158,6 +162,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
         "premise": {name: r.get("premise", {}) for name, r in results.items()},
         "seconds": {"data": t_data, **seconds, "total": total},
         "environment": environment(),
+        **{k: final.get(k) for k in ("precision", "machine")},  # as the runs resolved them
         "minicity_content_sha256": content_hash(data_dir),
         "config": to_dict(runs[shown]),
     }

@@ -9,7 +9,7 @@ from it fails again at once, whatever the new settings. So the loop keeps the so
 segmentation loss of the last :data:`WINDOW` iterations (on the device: no wait for the GPU),
 and on a stop :func:`divergence_start` finds where the blow-up began: the first iteration of
 the final stretch whose losses are all non-finite or above :data:`FACTOR` times the median of
-the window's finite losses. Checkpoints from that iteration on are renamed ``*.diverged``
+the finite losses before it. Checkpoints from that iteration on are renamed ``*.diverged``
 (kept for a look); the message names the checkpoint a resume takes and what to change.
 """
 
@@ -48,23 +48,29 @@ class LossHistory:
 
 
 def divergence_start(history: list[tuple[int, float]], stop: int) -> int | None:
-    """The first iteration of the blow-up that ended in the non-finite loss at ``stop``:
-    the start of the final stretch of iterations (up to and including ``stop``) whose loss is
-    non-finite or above :data:`FACTOR` x the median of the finite losses before ``stop``;
-    ``stop`` itself when the loss just before it was sane. None when no iteration before
-    ``stop`` was recorded (the run had just resumed: its checkpoint was not made now)."""
+    """The first iteration of the blow-up that ended in the non-finite loss at ``stop``: the
+    earliest iteration ``s`` such that every loss from ``s`` up to ``stop`` is non-finite or
+    above :data:`FACTOR` x the median of the finite losses before ``s`` (the baseline is taken
+    before the stretch, so a blow-up that began two iterations into a run is not hidden by its
+    own huge losses); ``stop`` itself when the loss just before it was sane. None when no
+    iteration before ``stop`` was recorded (the run had just resumed: its checkpoint was not
+    made now)."""
     before = [(it, v) for it, v in history if it < stop]
-    finite = [v for _, v in before if math.isfinite(v)]
     if not before:
         return None
-    if not finite:
+    if not any(math.isfinite(v) for _, v in before):
         return before[0][0]
-    median = sorted(finite)[(len(finite) - 1) // 2]
-    start = stop
-    for it, v in reversed(before):
-        if math.isfinite(v) and v <= FACTOR * max(median, 1e-12):
+    start, lowest = stop, math.inf  # lowest: the smallest finite loss of the stretch so far
+    for i in range(len(before) - 1, -1, -1):
+        it, v = before[i]
+        prior = sorted(u for _, u in before[:i] if math.isfinite(u))
+        if not prior:
+            break  # nothing before it to compare with: the run began here
+        limit = FACTOR * max(prior[(len(prior) - 1) // 2], 1e-12)
+        if min(lowest, v if math.isfinite(v) else math.inf) <= limit:
             break
         start = it
+        lowest = min(lowest, v) if math.isfinite(v) else lowest
     return start
 
 

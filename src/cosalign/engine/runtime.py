@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cosalign.config import ConfigError
+from cosalign.engine.precision import resolve_amp
 
 
 def poly_lr(base: float, it: int, total: int, power: float, warmup: int = 0) -> float:
@@ -56,7 +57,10 @@ def deterministic_mode(on: bool, device: torch.device):
 
 
 def autocast_for(amp: str, device: torch.device):
-    """A factory of autocast contexts for ``train.amp`` (none | bf16 | fp16)."""
+    """A factory of autocast contexts for ``train.amp`` (auto | none | bf16 | fp16; auto as
+    engine/precision.py resolves it on ``device``)."""
+    if amp == "auto":
+        amp = resolve_amp(amp, device)[0]
     if amp == "none":
         return contextlib.nullcontext
     if amp == "fp16" and device.type != "cuda":

@@ -48,6 +48,7 @@ from cosalign.engine.checkpoint import (
 from cosalign.engine.divergence import LossHistory, after_divergence
 from cosalign.engine.evaluate import evaluate
 from cosalign.engine.logger import Logger, read_metrics
+from cosalign.engine.precision import precision_name, resolve_amp, signature
 from cosalign.engine.runtime import autocast_for, deterministic_mode, poly_lr, seed_everything
 from cosalign.engine.upsample import upsample_logits
 from cosalign.losses import ClassFeatureDictionary
@@ -177,9 +178,12 @@ def _log_predictions(logger: Logger, model, val, it: int, device, colorize,
     model.train(was_training)
 
 
-def _state(it, model, dictionary, opt, terms, scaler, cfg) -> dict:
+def _state(it, model, dictionary, opt, terms, scaler, cfg, amp: str, machine: str) -> dict:
+    """A checkpoint; ``amp`` is the precision ``train.amp`` resolved to on ``machine``
+    (engine/precision.py), recorded with it."""
     return {
-        "iteration": it, "config": to_dict(cfg), "model": model.state_dict(),
+        "iteration": it, "config": to_dict(cfg), "precision": precision_name(amp),
+        "machine": machine, "model": model.state_dict(),
         "dictionary": dictionary.state_dict(), "optimizer": optimizer_state(opt, model),
         "terms": {t.name: t.state_dict() for t in terms if t.state_dict()},
         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng_state(),
@@ -204,6 +208,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
            stop_at: int | None) -> dict | None:
     seed_everything(cfg.train.seed)
     main = distributed.is_main()
+    amp, said = resolve_amp(cfg.train.amp, device)  # auto: bf16 where native, else fp32
+    machine = signature(device, amp)
+    if main:
+        tqdm.write(f"{run_dir.name}: {said}")
     classes = class_set_of(cfg)
     K = classes.num_classes
 
@@ -229,7 +237,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     o = cfg.optim
     opt = torch.optim.SGD(model.param_groups(o.lr, o.head_lr_mult), lr=o.lr, momentum=o.momentum,
                           weight_decay=o.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     # resume from the newest checkpoint of this run that loads, if any
     start = 0
@@ -257,11 +265,15 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
         start = int(state["iteration"])
         if main:
             note = f" (config changed: {', '.join(changed)})" if changed else ""
+            if state.get("machine", machine) != machine:
+                note += (f"; trained so far on {state['machine']}, continued on {machine}: "
+                         "not bit for bit the run of one machine")
             note += f"; {opt_note}" if opt_note else ""
             tqdm.write(f"resuming {run_dir} from {path.name} at iteration {start}{note}")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / "config.yaml").write_text(
+            f"# {said}; machine: {machine}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     net = model
     if distributed.world_size() > 1:
@@ -279,7 +291,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     tgt_iter = batches(target, b, cfg.train.seed + 1, start, w)
     logger = Logger(run_dir, resume_at=start)  # drops lines logged after the checkpoint
     history = LossHistory(start, device)
-    autocast = autocast_for(cfg.train.amp, device)
+    autocast = autocast_for(amp, device)
     t = cfg.train
     end = t.iters if stop_at is None else min(stop_at, t.iters)
     bar = tqdm(range(start, end), initial=start, total=t.iters, desc=run_dir.name,
@@ -311,8 +323,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
                 _check_weights(it + 1, model, terms)
             except NonFiniteLoss as e:
                 raise _diverged(e, run_dir, history, cfg, logger) from None
-            save_checkpoint(_state(it + 1, model, dictionary, opt, terms, scaler, cfg),
-                            run_dir, it + 1, t.keep_checkpoints)
+            save_checkpoint(_state(it + 1, model, dictionary, opt, terms, scaler, cfg, amp,
+                                   machine), run_dir, it + 1, t.keep_checkpoints)
     if end < t.iters:
         logger.close()
         return None
