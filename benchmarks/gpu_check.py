@@ -362,7 +362,8 @@ def main() -> int:
     p.add_argument("--small", action="store_true", help="1/8 sizes and width (smoke run)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--amp", default="bf16", choices=["none", "bf16"], help="e2e precision")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
+                   help="e2e precision (auto: bf16 where the device computes it natively)")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -3,10 +3,11 @@ machine has two, else on the CPU with gloo (two processes cannot share one GPU u
 
 import copy
 import os
-import socket
+import uuid
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cosalign.engine import distributed
@@ -23,21 +24,31 @@ def _ddp_device() -> str:
     return "cuda" if cuda else "cpu"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous(tmp_path) -> str:
+    """Where the 2 processes meet: a file store in the test's folder, new for every spawn.
+
+    The tests used to pick a free TCP port (bind to port 0, read it, close it) and pass it
+    to the workers as MASTER_PORT; between the close and rank 0's bind, seconds later once
+    the workers had imported torch, any other process could take that port, and the spawn then
+    failed at random ("Terminating process ... via SIGTERM"). A file cannot be taken that way.
+    """
+    path = tmp_path / f"rendezvous-{uuid.uuid4().hex}"
+    assert not path.exists()
+    return str(path)
 
 
-def _env(rank: int, world: int, port: int) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
+def _env(rank: int, world: int, store: str) -> None:
+    """This worker's torchrun-like environment, and its process group joined through the file
+    ``store`` (distributed.setup then finds the group started)."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
     torch.set_num_threads(1)
+    backend = "nccl" if _ddp_device() == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
 
 
-def _steps_worker(rank, world, port, cfg, out_dir):
+def _steps_worker(rank, world, store, cfg, out_dir):
     """A few train_step calls under DDP; each rank saves its dictionary and loss terms."""
-    _env(rank, world, port)
+    _env(rank, world, store)
     from cosalign.data import build_dataset
 
     device = distributed.setup(cfg.train.device)
@@ -61,8 +72,8 @@ def _steps_worker(rank, world, port, cfg, out_dir):
     distributed.cleanup()
 
 
-def _train_worker(rank, world, port, cfg, run_dir):
-    _env(rank, world, port)
+def _train_worker(rank, world, store, cfg, run_dir):
+    _env(rank, world, store)
     train(cfg, run_dir, progress=False)
     distributed.cleanup()
 
@@ -70,7 +81,7 @@ def _train_worker(rank, world, port, cfg, run_dir):
 def test_dictionary_identical_on_all_ranks(tiny_config, tmp_path):
     cfg = copy.deepcopy(tiny_config)
     cfg.train.device = _ddp_device()
-    mp.spawn(_steps_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True)
+    mp.spawn(_steps_worker, args=(2, _rendezvous(tmp_path), cfg, tmp_path), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert int(r0["filled"].sum()) > 0
     for key in ("entries", "filled", "head", "weight"):
@@ -91,7 +102,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_config, tmp_pat
     single = train(cfg, tmp_path / "one", progress=False)
     cfg2 = copy.deepcopy(cfg)
     cfg2.data.batch_size = 2  # per process
-    mp.spawn(_train_worker, args=(2, _free_port(), cfg2, tmp_path / "two"), nprocs=2, join=True)
+    mp.spawn(_train_worker, args=(2, _rendezvous(tmp_path), cfg2, tmp_path / "two"), nprocs=2,
+             join=True)
     ckpts = list_checkpoints(tmp_path / "two")
     assert ckpts, "rank 0 writes the checkpoints"
     a = load_checkpoint(list_checkpoints(tmp_path / "one")[-1])["model"]

@@ -30,7 +30,7 @@ from cosalign.methods.mixing import (
 )
 from cosalign.methods.self_training import SelfTraining
 from cosalign.models import build_model
-from tests.test_distributed import _ddp_device, _env, _free_port
+from tests.test_distributed import _ddp_device, _env, _rendezvous
 
 
 def test_class_mix_takes_half_of_each_images_classes():
@@ -221,8 +221,8 @@ def test_eval_teacher_and_a_clear_error_without_one(tiny_config, tmp_path, capsy
     assert "no teacher" in capsys.readouterr().err
 
 
-def _teacher_worker(rank, world, port, cfg, out_dir):
-    _env(rank, world, port)
+def _teacher_worker(rank, world, store, cfg, out_dir):
+    _env(rank, world, store)
     from cosalign.data import build_dataset
 
     device = distributed.setup(cfg.train.device)
@@ -249,7 +249,7 @@ def test_teacher_is_identical_on_every_rank(tiny_config, tmp_path, align_on):
     cfg = apply_method(copy.deepcopy(tiny_config), "ours_dacs")
     cfg.selftrain.align_on = align_on
     cfg.train.device = _ddp_device()
-    mp.spawn(_teacher_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True)
+    mp.spawn(_teacher_worker, args=(2, _rendezvous(tmp_path), cfg, tmp_path), nprocs=2, join=True)
     t0, t1 = (torch.load(tmp_path / f"teacher{r}.pt") for r in (0, 1))
     params = [k for k in t0 if not k.endswith(("running_mean", "running_var", "tracked"))]
     for key in params:
@@ -342,7 +342,8 @@ def test_dacs_trains_under_two_processes_and_checkpoints_the_teacher(tiny_config
 
     cfg = apply_method(copy.deepcopy(tiny_config), "ours_dacs")
     cfg.train.device = _ddp_device()
-    mp.spawn(_train_worker, args=(2, _free_port(), cfg, tmp_path / "two"), nprocs=2, join=True)
+    mp.spawn(_train_worker, args=(2, _rendezvous(tmp_path), cfg, tmp_path / "two"), nprocs=2,
+             join=True)
     state = load_checkpoint(list_checkpoints(tmp_path / "two")[-1])
     assert state["iteration"] == cfg.train.iters and "teacher" in state["terms"]["self_training"]
     rows = read_metrics(tmp_path / "two")

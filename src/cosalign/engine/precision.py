@@ -102,7 +102,8 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
     kind = device_kind(device)
     if amp == "auto":
         if native_bf16(device):
-            return "bf16", f"precision: bf16 autocast (train.amp=auto: {kind} computes bf16 natively)"
+            return "bf16", (f"precision: bf16 autocast (train.amp=auto: {kind} computes bf16 "
+                            "natively)")
         return "none", (f"precision: fp32 (train.amp=auto: {kind} has no native bf16; "
                         "train.amp=bf16 would emulate it)")
     if amp == "bf16" and not native_bf16(device):

@@ -49,7 +49,13 @@ from cosalign.engine.divergence import LossHistory, after_divergence
 from cosalign.engine.evaluate import evaluate
 from cosalign.engine.logger import Logger, read_metrics
 from cosalign.engine.precision import precision_name, resolve_amp, signature
-from cosalign.engine.runtime import autocast_for, deterministic_mode, poly_lr, seed_everything
+from cosalign.engine.runtime import (
+    autocast_for,
+    deterministic_mode,
+    poly_lr,
+    retain_freed_memory,
+    seed_everything,
+)
 from cosalign.engine.upsample import upsample_logits
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.methods import Step, Term, build_terms
@@ -200,6 +206,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
     """
     validate(cfg)  # a config changed in code after loading, too
     device = distributed.setup(cfg.train.device)
+    retain_freed_memory()  # no page faults for the buffers each step frees and takes again
     with deterministic_mode(cfg.train.deterministic, device):
         return _train(cfg, Path(run_dir), device, progress, stop_at)
 
