@@ -2,7 +2,7 @@
 #   make demo   creates .venv, installs the locked environment (requirements.lock: torch 2.13.0
 #               CPU and every other package at a fixed version and hash) and cosalign, runs the
 #               MiniCity demo
-#   make test   the same set-up, then ruff and the test suite
+#   make test   the same set-up, then ruff and the test suite (2 pytest-xdist workers)
 # Both are idempotent: with .venv up to date they go straight to the work.
 #   make numbers  re-runs the demo and checks the README's numbers against it (tools/demo_numbers.py)
 #   make lock     re-resolves pyproject.toml into requirements.lock (tools/lock.py); commit it
@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check --quiet src tests benchmarks tools
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist worksteal
 
 numbers: $(STAMP)
 	$(VENV)/bin/python tools/demo_numbers.py

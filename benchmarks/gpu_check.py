@@ -19,8 +19,9 @@ Sections (``--sections`` picks some; all by default), each a table in OUT/gpu_ch
   kill -9 the process after its checkpoint at N, resume to 2N; compare the two final
   checkpoints; ``cosalign eval`` and ``cosalign predict`` on the result.
 
-``--small`` shrinks every size and the network's width by 8, the dictionary by 10, and runs one test file: a
-smoke run of this script in a few minutes on a CPU (tests/test_gpu_check.py runs it). The exit
+``--small`` shrinks the sizes and the network's width by 8 (the step's by 16), the dictionary
+by 10, and runs one test file: a smoke run of this script in about a minute on a CPU
+(tests/test_gpu_check.py runs it). The exit
 code is 1 when a check failed (a test, a resume mismatch, a command's exit code).
 """
 
@@ -133,7 +134,7 @@ def full_dictionary(capacity: int, dim: int, device) -> ClassFeatureDictionary:
 
 
 def section_step(args, device) -> tuple[str, bool]:
-    scale = 8 if args.small else 1
+    scale = 16 if args.small else 1  # --small: a smoke run (bf16 is emulated on AVX2 CPUs)
     size_s, size_t = (720 // scale, 1280 // scale), (512 // scale, 1024 // scale)
     rows = []
     for amp in ("none", "bf16"):
@@ -155,7 +156,7 @@ def section_step(args, device) -> tuple[str, bool]:
             step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
                                      {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,
                                      autocast_for(amp, device))
-            sec = best_time(step, device, args.repeat)
+            sec = best_time(step, device, args.repeat, warmup=1 if args.small else 2)
             first = first or sec
             rows.append([method, "bf16" if amp == "bf16" else "fp32", f"{sec:.3f}",
                          f"{sec / first:.2f}x", peak_gib(device)])
@@ -197,7 +198,7 @@ def loss_step(impl: str, f_t, ref, match: str, dt: torch.dtype, kw: dict) -> Non
 
 def section_loss(args, device) -> tuple[str, bool]:
     n, c = (1024, 256) if args.small else (8385, 2048)
-    size = 1024 if args.small else 8192
+    size = 256 if args.small else 8192  # the rate's products (emulated bf16 is slow)
     rates = {dt: matmul_rate(dt, device, size) for dt in (torch.float32, torch.bfloat16)}
     g = torch.Generator(device="cpu").manual_seed(0)
     f_t = torch.randn(1, c, 1, n, generator=g).to(device)
@@ -218,7 +219,7 @@ def section_loss(args, device) -> tuple[str, bool]:
                          ("efficient", torch.bfloat16)):
             before = reset_peak(device)
             run = functools.partial(loss_step, impl, f_t, ref, match, dt, kw)
-            sec = best_time(run, device, args.repeat)
+            sec = best_time(run, device, args.repeat, warmup=1 if args.small else 2)
             extra = (torch.cuda.max_memory_allocated(device) - before) / 2**20 \
                 if device.type == "cuda" else None
             plain_mem = extra if impl == "plain" else plain_mem

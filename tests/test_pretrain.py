@@ -51,12 +51,12 @@ def test_material_labels_agree_with_the_scene_classes():
 
 def test_pretrain_command_writes_caches_and_loads(tmp_path, capsys):
     out = tmp_path / "pt"
-    args = ["pretrain", "--out", str(out), "--images", "12", "--iters", "3", "--workers", "1",
-            "--quiet"]
+    args = ["pretrain", "--out", str(out), "--images", "12", "--iters", "3", "--batch-size", "2",
+            "--workers", "1", "--quiet"]
     assert main(args) == 0
     weights = out / "backbone.pt"
     stamp = weights.stat().st_mtime_ns
-    assert read_key(weights) == PretrainSpec(images=12, iters=3).key()
+    assert read_key(weights) == PretrainSpec(images=12, iters=3, batch_size=2).key()
     assert main(args) == 0  # cached: the same spec and code do not train again
     assert "already up to date" in capsys.readouterr().out
     assert weights.stat().st_mtime_ns == stamp

@@ -176,7 +176,8 @@ def cmd_viz(args) -> int:
 def cmd_pretrain(args) -> int:
     from cosalign.minicity.pretrain import PretrainSpec, bundled_is_current, pretrain
 
-    spec = PretrainSpec(images=args.images, iters=args.iters, seed=args.seed)
+    spec = PretrainSpec(images=args.images, iters=args.iters, batch_size=args.batch_size,
+                        seed=args.seed)
     weights = pretrain(args.out, spec, workers=args.workers, progress=not args.quiet)
     print(f"use it with: --set model.weights={weights}")
     if spec == PretrainSpec():
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--images", type=positive_int, default=2000,
                     help="scenes rendered (a tenth held out)")
     pt.add_argument("--iters", type=positive_int, default=3000)
+    pt.add_argument("--batch-size", type=positive_int, default=8)
     pt.add_argument("--seed", type=count, default=0)
     pt.add_argument("--workers", type=positive_int, default=2,
                     help="processes rendering the scenes")
