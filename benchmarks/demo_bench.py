@@ -15,7 +15,9 @@ alike; the median of the repeats is reported, and each row as a ratio to fp32 so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import statistics
 import sys
 import time
@@ -29,7 +31,7 @@ sys.path[:0] = [str(ROOT / "src")]
 from cosalign.data import build_dataset  # noqa: E402
 from cosalign.demo import REGIME  # noqa: E402
 from cosalign.engine.precision import cpu_kind  # noqa: E402
-from cosalign.engine.runtime import autocast_for  # noqa: E402
+from cosalign.engine.runtime import autocast_for, retain_freed_memory  # noqa: E402
 from cosalign.engine.train import batches, train_step  # noqa: E402
 from cosalign.losses import ClassFeatureDictionary  # noqa: E402
 from cosalign.methods import build_terms  # noqa: E402
@@ -64,7 +66,8 @@ def make_case(data_dir: Path, method: str, amp: str, channels_last: bool):
                                      f"train.channels_last={channels_last}"], method)
     torch.manual_seed(0)
     model = build_model(cfg.model, 19)
-    load_weights(model, cfg.model.weights)
+    with contextlib.redirect_stdout(io.StringIO()):  # its one-line load report, per case
+        load_weights(model, cfg.model.weights)
     model.train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -89,6 +92,7 @@ def main() -> int:
     if not (args.data / "minicity.json").is_file():
         p.error(f"--data {args.data}: no MiniCity there (cosalign data make --out {args.data})")
     torch.set_num_threads(2)
+    retain_freed_memory()  # as the training loop does
     cfg = minicity_config(args.data, REGIME)
     print(f"# demo_bench: CPU kind {cpu_kind()}, torch {torch.__version__}, "
           f"batch {cfg.data.batch_size} + {cfg.data.batch_size}\n")

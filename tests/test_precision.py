@@ -19,7 +19,9 @@ CPU = torch.device("cpu")
 
 
 def _machine(monkeypatch, flags: dict, aten: str, onednn: str | None = None) -> None:
-    """Pretend to be a CPU with these cpuinfo ``flags``, ATen capability and oneDNN cap."""
+    """Pretend to be an x86 CPU with these cpuinfo ``flags``, ATen capability and oneDNN
+    cap."""
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
     monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: flags, raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
@@ -48,6 +50,13 @@ def test_cpu_kind_follows_what_the_kernels_use(monkeypatch, flags, aten, onednn,
     assert amp == ("bf16" if native else "none")
     assert said.startswith("precision: " + ("bf16" if native else "fp32"))
     assert f"cpu-{kind}" in said
+
+
+def test_another_architecture_is_named_and_runs_fp32(monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "SVE256")
+    assert cpu_kind() == "aarch64-sve256" and not native_bf16(CPU)
+    assert resolve_amp("auto", CPU)[0] == "none"
 
 
 def test_explicit_choices_are_kept_and_emulated_bf16_is_called_slow(monkeypatch):

@@ -19,6 +19,7 @@ test's terms, ``make numbers``): the device kind, the precision, torch's version
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
@@ -32,8 +33,8 @@ def _hardware_level() -> str:
     """The CPU's own level, from torch's cpuinfo (the highest the kernels could use)."""
     try:
         flags = torch._C._cpu._get_cpu_capability()
-    except (AttributeError, RuntimeError):  # torch without the cpuinfo query: ATen's cap only
-        return "amx"
+    except (AttributeError, RuntimeError):  # torch without the cpuinfo query: assume no
+        return "avx512"  # native bf16 (fp32 is never the slow choice)
     if flags.get("amx_bf16"):
         return "amx"
     if flags.get("avx512_bf16"):
@@ -70,6 +71,9 @@ def _lower(a: str, b: str) -> str:
 def cpu_kind() -> str:
     """What this CPU's kernels compute with: ``avx2``, ``amx``, ... (or
     ``<aten level>+onednn_<level>`` when the two kernel libraries are capped differently)."""
+    arch = platform.machine().lower()
+    if arch not in ("x86_64", "amd64"):  # e.g. aarch64-sve256: never taken as native bf16
+        return f"{arch}-{torch.backends.cpu.get_cpu_capability().lower()}"
     hw = _hardware_level()
     aten, onednn = _lower(hw, _aten_cap()), _lower(hw, _onednn_cap())
     return aten if aten == onednn else f"{aten}+onednn_{onednn}"
