@@ -43,6 +43,8 @@ def _env(rank: int, world: int, store: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
     torch.set_num_threads(1)
     backend = "nccl" if _ddp_device() == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(rank)  # this rank's GPU, before its process group
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
 
 

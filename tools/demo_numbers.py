@@ -1,7 +1,7 @@
 """Re-make the README's demo numbers and check them (``make numbers``).
 
-    .venv/bin/python tools/demo_numbers.py            # run the demo (~3-5 min), compare; exit 1
-                                                      # naming what is stale
+    .venv/bin/python tools/demo_numbers.py            # run the demo (3 min AMX, 11 AVX2), compare;
+                                                      # exit 1 naming what is stale
     .venv/bin/python tools/demo_numbers.py --results runs/demo/results.json  # check a result
     .venv/bin/python tools/demo_numbers.py --write    # run, then record this machine's numbers
 
