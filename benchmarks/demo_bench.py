@@ -4,21 +4,26 @@ operators (torch.profiler).
 
     .venv/bin/python benchmarks/demo_bench.py            # ~4 min on 2 AVX2 cores
     .venv/bin/python benchmarks/demo_bench.py --repeat 3 --no-bf16   # quicker
+    .venv/bin/python benchmarks/demo_bench.py --allocator            # glibc's setting only
 
 The steps are the real ``train_step`` of the MiniCity preset in the demo's regime (the
 pretrained backbone, BatchNorm affine fixed), on real MiniCity batches fetched beforehand
 (``data/minicity``, made by ``cosalign data make`` or the demo), after the warm-up iteration so
 that ours computes its loss. Cases are interleaved round-robin so that machine noise hits them
 alike; the median of the repeats is reported, and each row as a ratio to fp32 source-only.
+Last, glibc's default allocator settings against engine/runtime.py's
+``retain_freed_memory`` (seconds and minor page faults of the same steps, each case in its
+own process).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import io
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,12 +88,54 @@ def make_case(data_dir: Path, method: str, amp: str, channels_last: bool):
     return step
 
 
+def allocator_child(data_dir: Path, steps: int, retain: bool) -> None:
+    """In a fresh process: ``steps`` source-only steps (after one warm-up step) with or without
+    :func:`retain_freed_memory`; prints seconds and minor page faults of those steps."""
+    torch.set_num_threads(2)
+    if retain:
+        retain_freed_memory()
+    step = make_case(data_dir, "source_only", "none", True)
+    cfg = minicity_config(data_dir, REGIME)
+    src = build_dataset(cfg.data.source, cfg.data, train=True)
+    tgt = build_dataset(cfg.data.target, cfg.data, train=True, labels=False)
+    b = cfg.data.batch_size
+    si, ti = batches(src, b, 0, 0, 0), batches(tgt, b, 1, 0, 0)
+    fixed = [(next(si), next(ti)) for _ in range(steps + 1)]
+    step(*fixed[0])
+    faults, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    for bs, bt in fixed[1:]:
+        step(bs, bt)
+    print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+
+
+def allocator(data_dir: Path, steps: int = 60) -> None:
+    """glibc's default against engine/runtime.py's retain_freed_memory, each in its own
+    process (mallopt is process-wide), alternated twice."""
+    rows = {False: [], True: []}
+    for retain in (False, True, False, True):
+        out = subprocess.run([sys.executable, __file__, "--data", str(data_dir),
+                              "--allocator-child", str(steps), str(int(retain))],
+                             capture_output=True, text=True, check=True).stdout.split()
+        rows[retain].append((float(out[-2]), int(out[-1])))
+    print(f"\n## the allocator ({steps} fp32 source-only steps, each case twice)\n")
+    print("| glibc | s | minor page faults |\n|---|---|---|")
+    for retain, name in ((False, "default"), (True, "retain_freed_memory()")):
+        for sec, faults in rows[retain]:
+            print(f"| {name} | {sec:.2f} | {faults:,} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT / "data" / "minicity")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast cases")
+    p.add_argument("--allocator", action="store_true",
+                   help="only the allocator comparison (~2 min)")
+    p.add_argument("--allocator-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.allocator_child:
+        allocator_child(args.data, args.allocator_child[0], bool(args.allocator_child[1]))
+        return 0
     if not (args.data / "minicity.json").is_file():
         p.error(f"--data {args.data}: no MiniCity there (cosalign data make --out {args.data})")
     torch.set_num_threads(2)
@@ -96,6 +143,9 @@ def main() -> int:
     cfg = minicity_config(args.data, REGIME)
     print(f"# demo_bench: CPU kind {cpu_kind()}, torch {torch.__version__}, "
           f"batch {cfg.data.batch_size} + {cfg.data.batch_size}\n")
+    if args.allocator:
+        allocator(args.data)
+        return 0
 
     print("## data (main process, s per source + target batch pair)\n")
     print("| cache | s / pair |\n|---|---|")
@@ -121,7 +171,7 @@ def main() -> int:
         for key, step in cases.items():
             torch.set_num_threads(key[3])
             t0 = time.perf_counter()
-            step(*copy.copy(fixed[r]))
+            step(*fixed[r])
             if r > 0:  # the first round warms up
                 times[key].append(time.perf_counter() - t0)
     torch.set_num_threads(2)
@@ -145,6 +195,7 @@ def main() -> int:
     print("| operator | share of self time |\n|---|---|")
     for e in rows[:8]:
         print(f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f}% |")
+    allocator(args.data)
     return 0
 
 

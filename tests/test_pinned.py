@@ -29,9 +29,10 @@ from tests.conftest import TEST_DEVICE
 
 RECORDED = Path(__file__).parent / "pinned_terms.json"
 METHODS = ["source_only", "target_bn", "minent", "advent", "ours", "ours_minent", "ours_advent"]
-# Against the record of another signature (measured here with tools/cpu_kernels.py's
-# switches: an AVX2 machine as ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41, with 1
-# thread, and in bf16; against the AVX2/fp32 and AMX/bf16 records), each term within
+# Against the record of another signature (measured with tools/cpu_kernels.py's switches on
+# an AVX2 machine: ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41, 1 thread, and bf16;
+# against the AVX2/fp32 and AMX/bf16 records; the test prints its largest moves with -s when
+# the machine has no record), each term within
 # rel x |recorded| + abs, and mIoU (after 3 steps) within the points given:
 # - fp32 on both sides: other kernels moved a term by at most 1.0e-4 relative and mIoU by 0.03,
 #   another thread count by less;
@@ -90,9 +91,20 @@ def _check_recorded(tiny_config, tmp_path):
     else:
         nearest, kind = _nearest(records, machine)
         expected, tol, miou_tol = records[nearest], TOLERANCE[kind], MIOU_TOLERANCE[kind]
+        rel, miou = _largest_moves(got, expected)
         print(f"no record for {machine}: compared with {nearest} within {tol}, mIoU "
-              f"{miou_tol} (record it: COSALIGN_RECORD=1)")
+              f"{miou_tol} (record it: COSALIGN_RECORD=1); largest moves: a term by {rel:.2e} "
+              f"relative, mIoU by {miou:.3f}")
     assert _differences(got, expected, tol, miou_tol) == [], machine
+
+
+def _largest_moves(got: dict, expected: dict) -> tuple[float, float]:
+    """(the largest relative difference of a term, the largest mIoU difference): what the
+    tolerances above were measured with (``pytest tests/test_pinned.py -s`` under the switches
+    they name)."""
+    rel = max(abs(got[m][k] - v) / max(abs(v), 1e-12) for m in expected
+              for k, v in expected[m].items() if k != "miou" and k in got[m])
+    return rel, max(abs(got[m]["miou"] - expected[m]["miou"]) for m in expected)
 
 
 def _differences(got: dict, expected: dict, tol: dict, miou_tol: float) -> list:

@@ -79,7 +79,7 @@ def test_signature_names_kind_precision_torch_and_threads(monkeypatch):
     assert signature(CPU, "bf16") == f"cpu-avx2/bf16/torch {torch.__version__}/1 thread"
 
 
-def test_a_run_says_and_records_what_it_chose(tiny_config, tmp_path, capsys, monkeypatch):
+def test_a_run_says_and_records_what_it_chose(tiny_config, tmp_path, capsys):
     """The first line a run prints, its config.yaml and its checkpoints name the precision
     train.amp=auto resolved to, and the machine signature."""
     cfg = copy.deepcopy(tiny_config)

@@ -80,9 +80,10 @@ def retain_freed_memory() -> bool:
     """Let glibc keep the memory a training step frees for the next step (Linux; elsewhere a
     no-op returning False). Each step allocates and frees the same large buffers; by default
     glibc hands them back to the system and the next step faults them in again, zeroed page by
-    page. Measured on 2 AVX2 cores, 150 MiniCity iterations: 2.3 million page faults and 8.1 s
-    of system time become 0.14 million and 1.2 s, the loop 11% faster (docs/PERFORMANCE.md);
-    the numbers are the same to the last bit (only where memory comes from changes). Peak
+    page. Measured on 2 AVX2 cores, 60 MiniCity source-only steps: 1.35 million minor page
+    faults become 15 thousand, the steps 18% faster (``benchmarks/demo_bench.py
+    --allocator``, docs/PERFORMANCE.md); the numbers are the same to the last bit (only
+    where memory comes from changes). Peak
     memory did not grow (the demo: 700 MiB, 852 MiB before): what is kept is what the next
     step takes again."""
     if not sys.platform.startswith("linux"):
