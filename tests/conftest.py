@@ -44,7 +44,8 @@ def pytest_configure(config):
 # the tests that start processes or train longest, started first so that the two xdist
 # workers finish together (longest first); the order of the others is kept
 FIRST = ("test_gpu_check.py", "test_checkpoint.py::test_killed_process", "test_distributed.py",
-         "test_self_training.py::test_dacs_trains_under", "test_self_training.py::test_teacher")
+         "test_self_training.py::test_dacs_trains_under", "test_self_training.py::test_teacher",
+         "test_accidents.py::test_sigterm", "test_accidents.py::test_a_full_disk_at")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -96,16 +97,19 @@ def tiny_minicity(tmp_path_factory):
     return root
 
 
+TINY_OVERRIDES = [
+    "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
+    "data.batch_size=2", "model.width=0.125", "train.iters=6", "optim.schedule_iters=6",
+    "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=3",
+    "dictionary.capacity=8", "loss.cos=0.1", "align.tau=0.0", "align.start_iter=0",
+    f"train.device={TEST_DEVICE}",
+]
+
+
 @pytest.fixture
 def tiny_config(tiny_minicity):
     """MiniCity preset shrunk to seconds: 64x32 inputs, a 1/8-width ResNet-18, 6 iterations."""
-    return minicity_config(tiny_minicity, [
-        "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
-        "data.batch_size=2", "model.width=0.125", "train.iters=6", "optim.schedule_iters=6",
-        "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=3",
-        "dictionary.capacity=8", "loss.cos=0.1", "align.tau=0.0", "align.start_iter=0",
-        f"train.device={TEST_DEVICE}",
-    ])
+    return minicity_config(tiny_minicity, TINY_OVERRIDES)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from cosalign.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from cosalign.outputs import WriteError
 
 
 def _state(i):
@@ -39,7 +40,7 @@ def test_failed_write_leaves_previous_checkpoint_and_no_temp_file(tmp_path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ck.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match="ckpt_0000002.pt: cannot write: no space left"):
         save_checkpoint(_state(2), tmp_path, 2)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_0000001.pt"]
     assert load_checkpoint(tmp_path / "ckpt_0000001.pt")["iteration"] == 1

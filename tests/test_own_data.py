@@ -285,3 +285,53 @@ def test_a_label_value_outside_the_set_stops_train_before_any_work(tmp_path, cap
     assert code == 2 and err.count("\n") == 1, err
     assert "labels/a.png: label values [99] are not in the class set 'mini5'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_lossy_and_suspicious_labels_are_flagged_by_data_check_and_train(tmp_path, capsys):
+    """Labels of two values (road 7, car 26) saved as JPEG; labels of class indices (0 road,
+    13 car) read with the built-in set, which reads label ids (0: unlabeled, 13: fence)."""
+    rng = np.random.default_rng(0)
+    ignore = set(load_class_set("cityscapes").ignore) - {255}
+
+    def tree(name, label, suffix):
+        root = tmp_path / name
+        for d in ("images", "labels"):
+            (root / d).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(root / "images" / f"{i}.png"),
+                        rng.integers(0, 255, (32, 48, 3), np.uint8))
+            cv2.imwrite(str(root / "labels" / f"{i}{suffix}"), label)
+        return root
+
+    halves = np.full((32, 48), 7, np.uint8)
+    halves[np.add.outer(np.arange(32), np.arange(48)) > 37] = 26  # a diagonal edge
+    jpeg = tree("jpeg", halves, ".jpg")
+    main(["data", "check", str(jpeg), "--dataset", "folder", "--label-suffix", ".jpg",
+          "--quiet"])
+    out = capsys.readouterr().out
+    assert f"2 of 2 label files are JPEG (e.g. {jpeg / 'labels' / '0.jpg'})" in out
+    decoded = np.stack([cv2.imread(str(jpeg / "labels" / f"{i}.jpg"), cv2.IMREAD_UNCHANGED)
+                        for i in range(2)])
+    assert len(np.unique(decoded)) > 2  # JPEG made more values than the two saved
+    counts = {int(v): int((decoded == v).sum()) for v in np.unique(decoded) if v in ignore}
+    top = max(counts, key=counts.get)  # by hand: the ignored value with most pixels
+    files = sum(int((d == top).any()) for d in decoded)
+    assert (f"reads as ignore: {top} ({100 * counts[top] / decoded.size:.1f}% of pixels, "
+            f"{files} files)") in out
+
+    indices = np.zeros((32, 48), np.uint8)
+    indices[:, 36:] = 13  # a quarter car, by index
+    own = tree("indices", indices, ".png")
+    assert main(["data", "check", str(own), "--dataset", "folder", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "reads as ignore: 0 (75.0% of pixels, 2 files)" in out
+    assert "75.0% of the labelled pixels are ignored (more than 50%)" in out
+    assert "verdict: usable" in out
+    # train says it too, before any work
+    folder = ["dataset=folder", f"root={own}"]
+    assert main(["train", "--config", "minicity", "--quiet", "--out", str(tmp_path / "run"),
+                 "--set", "train.iters=0", "data.source.list_file=null",
+                 *(f"data.{d}.{kv}" for d in ("source", "target", "val") for kv in folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {own}: label values that class set 'cityscapes' reads as ignore" in out
+    assert f"warning: {own}: 75.0% of the labelled pixels are ignored" in out

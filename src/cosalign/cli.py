@@ -1,8 +1,10 @@
 """The ``cosalign`` command line: demo, train, eval, predict, score, report, viz, pretrain,
 data {make, check, convert}.
 
-Errors about the user's input (missing dataset, bad config key, unreadable checkpoint) print one
-line naming the file and what was expected, and exit with code 2; a diverged run exits with 1.
+Errors about the user's input (missing dataset, bad config key, unreadable checkpoint), a run
+folder another command is writing, and a file that cannot be written (a full disk) print one line
+naming the file and what was expected, and exit with code 2; a diverged run exits with 1; Ctrl-C
+and SIGTERM print one line and exit with 130 and 143.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def cmd_demo(args) -> int:
     if unknown:
         raise ConfigError(f"--methods: unknown method {unknown[0]!r}; expected some of "
                           f"{', '.join(METHODS)}, source_only first")
-    run_demo(args.data, args.out, args.set, progress=not args.quiet, methods=methods)
+    run_demo(args.data, args.out, args.set, progress=not args.quiet, methods=methods,
+             lock=not args.no_lock)
     return 0
 
 
@@ -62,7 +65,7 @@ def cmd_train(args) -> int:
     cfg = method_config(config, args.set, method=args.method)
     if not args.resume and not args.out:
         run_dir = Path("runs") / f"{Path(config).stem}_{args.method or 'default'}"
-    results = train(cfg, run_dir, progress=not args.quiet)
+    results = train(cfg, run_dir, progress=not args.quiet, lock=not args.no_lock)
     if distributed.is_main():
         print(format_table({run_dir.name: results}, cfg.data.classes, class_set_of(cfg)))
     distributed.cleanup()
@@ -187,7 +190,10 @@ def cmd_pretrain(args) -> int:
         print(f"note: pretraining computes in bf16 autocast (the recipe of the shipped weights), "
               f"which {device_kind(cpu)} emulates: expect it {SLOWDOWN} slower than on a CPU "
               "with AMX or AVX512-BF16")
-    weights = pretrain(args.out, spec, workers=args.workers, progress=not args.quiet)
+    from cosalign.runlock import run_lock
+
+    with run_lock(args.out, not args.no_lock):
+        weights = pretrain(args.out, spec, workers=args.workers, progress=not args.quiet)
     print(f"use it with: --set model.weights={weights}")
     if spec == PretrainSpec():
         print("the copy shipped with the package (model.weights=minicity_pretrained) is "
@@ -260,6 +266,11 @@ count = _number(int, 0, strict=False)  # >= 0
 positive_float = _number(float, 0, strict=True)
 
 
+def _add_no_lock(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-lock", action="store_true", help="write without holding the run "
+                   "folder's lock (only where the file system cannot lock files)")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: the GPU when there is one")
@@ -289,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, source_only first and the method to show last, e.g. "
                    "source_only,dacs,ours_dacs (self-training, ~6 min)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_no_lock(d)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train one method (resumes when the run has checkpoints)")
@@ -298,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run (its config by default)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     t.add_argument("--quiet", action="store_true")
+    _add_no_lock(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: per-class IoU and mIoU")
@@ -377,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--workers", type=positive_int, default=2,
                     help="processes rendering the scenes")
     pt.add_argument("--quiet", action="store_true")
+    _add_no_lock(pt)
     pt.set_defaults(func=cmd_pretrain)
 
     data = sub.add_parser("data", help="datasets: make MiniCity, check or convert a tree")
@@ -415,10 +429,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _raise_stopped(signum, frame):
+    from cosalign.engine.stop import Stopped
+
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cosalign.engine.train import NonFiniteLoss
+    import signal
+    import threading
 
+    from cosalign.engine.stop import Stopped
+    from cosalign.engine.train import NonFiniteLoss
+    from cosalign.outputs import WRITE_ERRORS
+
+    # SIGTERM as Ctrl-C: one line, exit 143 (training installs its own handlers, which stop
+    # after the step with a checkpoint); put back afterwards, since tests call main in-process
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
     try:
         return args.func(args)
     except _user_errors() as e:
@@ -427,6 +456,22 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:  # a training says where it stopped and what is intact
+        print(e if e.where else f"{e}: cosalign {args.command} did not finish", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print(f"stopped by Ctrl-C (SIGINT): cosalign {args.command} did not finish",
+              file=sys.stderr)
+        return 130
+    except OSError as e:  # a write that no part of cosalign expected to fail
+        if e.errno not in WRITE_ERRORS:
+            raise
+        print(f"error: {e.filename or 'a file'}: cannot write: {WRITE_ERRORS[e.errno]}",
+              file=sys.stderr)
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Ours minus the control is the method's own effect.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -35,10 +36,12 @@ from cosalign.engine import distributed
 from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint, load_trained
 from cosalign.engine.evaluate import format_table
 from cosalign.engine.precision import resolve_amp
+from cosalign.engine.stop import Stopped
 from cosalign.engine.train import train
 from cosalign.engine.upsample import upsample_logits
 from cosalign.minicity import MiniCitySpec, content_hash, make_minicity, minicity_config
-from cosalign.outputs import claim, remove_run_files
+from cosalign.outputs import claim, remove_run_files, write_text
+from cosalign.runlock import run_lock
 from cosalign.viz import comparison_figure
 from cosalign.viz_alignment import run_viz
 
@@ -83,9 +86,10 @@ OUTPUTS = ("results.json", "figure.png", "features.png", "similarity.png")  # in
 def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs/demo",
              overrides: list[str] | None = None, progress: bool = True,
              spec: MiniCitySpec = MiniCitySpec(),
-             methods: tuple[str, ...] = DEFAULT_METHODS) -> dict:
+             methods: tuple[str, ...] = DEFAULT_METHODS, lock: bool = True) -> dict:
     """``methods``: source-only first, the method to show last (its gains are the headline),
-    baselines between; e.g. ``("source_only", "dacs", "ours_dacs")``."""
+    baselines between; e.g. ``("source_only", "dacs", "ours_dacs")``. The demo holds the lock
+    of ``out_dir`` and of each run folder for its lifetime (``lock=False``: ``--no-lock``)."""
     if not methods or methods[0] != "source_only" or len(set(methods)) != len(methods):
         raise ConfigError(f"--methods: expected source_only first, then other methods once "
                           f"each, got {','.join(methods)}")
@@ -97,8 +101,22 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
     names = {m: DISPLAY.get(m, m) for m in methods}
     runs = {names[m]: minicity_config(data_dir, overrides, m) for m in methods}
     dirs = {names[m]: out_dir / m for m in methods}
-    # a fresh demo each time: an earlier demo's runs are replaced, nothing else is touched
-    claim(out_dir, "cosalign demo", (*methods, *OUTPUTS))
+    with contextlib.ExitStack() as held:
+        held.enter_context(run_lock(out_dir, lock))
+        # a fresh demo each time: an earlier demo's runs are replaced, nothing else is touched
+        claim(out_dir, "cosalign demo", (*methods, *OUTPUTS))
+        for folder in dirs.values():
+            held.enter_context(run_lock(folder, lock))
+        try:
+            return _demo(data_dir, out_dir, cfg, runs, dirs, names, methods, spec, progress, t0)
+        except Stopped as e:
+            if e.where:  # a training stopped: its line says what is intact
+                e.args = (f"{e} (`cosalign demo` starts the demo afresh)",)
+            raise
+
+
+def _demo(data_dir, out_dir: Path, cfg, runs: dict, dirs: dict, names: dict,
+          methods: tuple[str, ...], spec: MiniCitySpec, progress: bool, t0: float) -> dict:
     for d in dirs.values():
         remove_run_files(d)
     make_minicity(Path(data_dir), spec, progress=progress)
@@ -166,7 +184,7 @@ def run_demo(data_dir: str | Path = "data/minicity", out_dir: str | Path = "runs
         "minicity_content_sha256": content_hash(data_dir),
         "config": to_dict(runs[shown]),
     }
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    write_text(out_dir / "results.json", json.dumps(summary, indent=1))
     print(f"\nwrote {out_dir / 'results.json'}, {out_dir / 'figure.png'}, and "
           f"features.png and similarity.png there (cosalign viz) ({total / 60:.1f} min in all)")
     return summary

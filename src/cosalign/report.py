@@ -20,6 +20,7 @@ the reported iteration: the run went on and was cut back).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import yaml
 from cosalign.config import Config, ConfigError, class_set_of, flatten, from_dict, to_dict
 from cosalign.engine.logger import read_metrics
 from cosalign.methods import METHODS, method_name
-from cosalign.outputs import writable_dir
+from cosalign.outputs import writable_dir, write_text
 
 # config keys that do not change what a run measures (paths differ between machines)
 IGNORED = ("train.seed", "train.device", "train.log_every", "train.eval_every",
@@ -237,24 +238,26 @@ def markdown(rows: list[dict], baseline: str, warnings: list[str]) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", "subset", "metric", "mean", "std", "seeds", "gain_mean",
-                    "gain_ci95_low", "gain_ci95_high", "pairs"])
-        for r in rows:
-            g = r.get("gain") or {"n": 0, "mean": math.nan, "half": None}
-            lo = hi = ""
-            if g["half"] is not None:
-                lo, hi = g["mean"] - g["half"], g["mean"] + g["half"]
-            seeds = " ".join(map(str, r["seeds"]))
-            for c in r["classes"]:
-                w.writerow([r["group"], r["subset"], c, *r[c], seeds, "", "", "", ""])
-            w.writerow([r["group"], r["subset"], "miou", *r["miou"], seeds,
-                        g["mean"] if g["n"] else "", lo, hi, g["n"]])
-            for k in PREMISE:
-                if not math.isnan(r["premise"][k][0]):
-                    w.writerow([r["group"], r["subset"], k, *r["premise"][k], seeds, "", "", "",
-                                ""])
+    """report.csv, whole or not at all."""
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["method", "subset", "metric", "mean", "std", "seeds", "gain_mean",
+                "gain_ci95_low", "gain_ci95_high", "pairs"])
+    for r in rows:
+        g = r.get("gain") or {"n": 0, "mean": math.nan, "half": None}
+        lo = hi = ""
+        if g["half"] is not None:
+            lo, hi = g["mean"] - g["half"], g["mean"] + g["half"]
+        seeds = " ".join(map(str, r["seeds"]))
+        for c in r["classes"]:
+            w.writerow([r["group"], r["subset"], c, *r[c], seeds, "", "", "", ""])
+        w.writerow([r["group"], r["subset"], "miou", *r["miou"], seeds,
+                    g["mean"] if g["n"] else "", lo, hi, g["n"]])
+        for k in PREMISE:
+            if not math.isnan(r["premise"][k][0]):
+                w.writerow([r["group"], r["subset"], k, *r["premise"][k], seeds, "", "", "",
+                            ""])
+    write_text(path, f.getvalue())
 
 
 def _curves(runs: list[Run], rows_of, key) -> dict[str, list[tuple[list[int], list[float]]]]:
@@ -280,7 +283,7 @@ def report(paths: list[str | Path], out_dir: str | Path, baseline: str = "source
     text = (f"# Results of {len(runs)} runs\n\nEvaluation: "
             f"{', '.join(f'{k}={v}' for k, v in evaluation_key(runs[0].cfg).items())}; the "
             "evaluation at each run's last iteration.\n\n" + markdown(rows, baseline, warnings))
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
     write_csv(rows, out / "report.csv")
     curves_figure({f"mIoU ({headline})": _curves(
         runs, lambda r: r.evals, lambda row: row["miou"].get(headline))}, out / "miou.png")

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from cosalign.data.labels import colorize
+from cosalign.outputs import atomic_write
 
 
 def overlay(image: np.ndarray, y: np.ndarray, colorize=colorize,
@@ -22,11 +23,24 @@ def overlay(image: np.ndarray, y: np.ndarray, colorize=colorize,
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def save_png(path: Path, image: np.ndarray) -> None:
+    """``image`` (H, W) or (H, W, 3) BGR, uint8 or uint16, as a PNG, whole or not at all (a
+    full disk is a :class:`~cosalign.outputs.WriteError` naming ``path``)."""
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV cannot encode a {image.dtype} {image.shape} PNG")
+    with atomic_write(path) as f:
+        f.write(data.tobytes())
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG (110 dpi), whole or not at all."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+
+
 def save_rgb(path: Path, image: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: could not write image")
+    save_png(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
 def comparison_figure(rows: list[dict[str, np.ndarray]], path: Path, title: str = "") -> None:
@@ -52,8 +66,7 @@ def comparison_figure(rows: list[dict[str, np.ndarray]], path: Path, title: str 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -93,6 +106,5 @@ def curves_figure(panels: dict[str, dict[str, list[tuple[list[int], list[float]]
         fig.legend(list(handles.values()), labels, loc="lower center", fontsize=8,
                    ncol=min(3, len(labels)), bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) + 2) // 3), 1, 1))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

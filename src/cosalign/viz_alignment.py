@@ -26,6 +26,7 @@ from cosalign.losses import ClassFeatureDictionary
 from cosalign.losses.cosine import flatten_normalized
 from cosalign.losses.dictionary import labels_to_grid
 from cosalign.outputs import writable_dir
+from cosalign.viz import save_figure
 
 
 @torch.no_grad()
@@ -107,7 +108,7 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
                loc="lower center", ncol=min(10, len(shown)), fontsize=7)
     fig.suptitle("features, PCA: source o, target x, coloured by class", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(out / "features.png", dpi=110)
+    save_figure(fig, out / "features.png")
     plt.close(fig)
 
     path, model, cfg = loaded[-1]
@@ -134,7 +135,7 @@ def run_viz(checkpoints: list[str | Path], out_dir: str | Path, images: int = 20
                 ax.set_title(title, fontsize=9)
     fig.suptitle(f"{path.parent.name}/{path.name}: what the loss sees", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "similarity.png", dpi=110)
+    save_figure(fig, out / "similarity.png")
     plt.close(fig)
     if not len(d):
         print(f"note: {path} has an empty dictionary: the similarity maps are blank")

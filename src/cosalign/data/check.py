@@ -4,7 +4,9 @@ pre-mapped copy of its labels.
 The check reads every image and label once and reports, with file names: missing folders,
 images without labels and labels without images, unreadable or truncated files, image/label size
 mismatches, raw ids that do not belong to the dataset, SYNTHIA labels that are not 16-bit
-3-channel PNGs (the tell-tale of a Pillow round trip), and the class pixel histogram. A verdict is
+3-channel PNGs (the tell-tale of a Pillow round trip), and the class pixel histogram. It warns of
+labels a lossy format (JPEG) has changed, of a tree more than half ignored, and of label values a
+built-in class set reads as ignore (with their pixel and file counts). A verdict is
 cached per tree (keyed by the resolved path, size and time of every file the check reads,
 list files and symlinked folders included) so ``cosalign train`` can refuse a
 bad tree before its first iteration at no cost the second time.
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from cosalign.config import DomainConfig
 from cosalign.data import dataset_pairs, label_reader
 from cosalign.data.adverse import image_of_label, raw_label_files
-from cosalign.data.classes import ClassSet, load_class_set
+from cosalign.data.classes import BUILTIN, ClassSet, load_class_set
 from cosalign.data.dataset import DatasetError, read_8bit_label
 from cosalign.data.folder import orphan_labels, read_label_values, value_map
 from cosalign.data.labels import CITYSCAPES_LUT, CLASS_NAMES, IGNORE_INDEX, SYNTHIA_LUT, map_ids
@@ -35,6 +37,10 @@ from cosalign.data.synthia import read_synthia_class_ids
 KNOWN_IDS = {"gta5": set(range(34)), "cityscapes": set(range(34)), "synthia": set(range(23)),
              "acdc": set(range(34)), "darkzurich": set(range(34))}
 CACHE_DIR = Path(os.environ.get("COSALIGN_CACHE", Path.home() / ".cache" / "cosalign"))
+# label files in these formats have had their values changed at every edge (JPEG's loss);
+# WebP may be lossy or not, and a label never needs the risk
+LOSSY = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jp2": "JPEG 2000", ".webp": "WebP"}
+MOSTLY_IGNORED = 0.5  # a tree with more of its labelled pixels ignored than this is suspicious
 
 
 @dataclass
@@ -117,6 +123,17 @@ def check_dataset(root: str | Path, dataset: str, split: str = "train",
     values = value_map(class_set, label_values) if dataset == "folder" else None
     lut16 = values.lut(65536) if values is not None else None
     hist = np.zeros(256, dtype=np.int64)
+    lossy = [p for _, p in pairs if p is not None and p.suffix.lower() in LOSSY]
+    if lossy:
+        report.warnings.append(
+            f"{len(lossy)} of {len(pairs)} label files are {LOSSY[lossy[0].suffix.lower()]} "
+            f"(e.g. {lossy[0]}): a lossy format changes label values along every edge, so "
+            "they no longer name classes there; save labels as PNG")
+    # a built-in set read through the folder dataset: values it ignores, counted
+    ignored = (np.setdiff1d(np.array(values.ignore), [IGNORE_INDEX])
+               if values is not None and class_set.name in BUILTIN and label_values is None
+               else np.zeros(0, dtype=np.int64))
+    ignored_pixels, ignored_files = np.zeros(65536, np.int64), np.zeros(65536, np.int64)
     known = KNOWN_IDS.get(dataset)
     sizes: dict[tuple[int, int], int] = {}
     for image_path, label_path in tqdm(pairs, desc=f"check {dataset}", unit="img",
@@ -146,6 +163,11 @@ def check_dataset(root: str | Path, dataset: str, split: str = "train",
             report.warnings.append(
                 f"{label_path.name}: label {raw.shape[1]}x{raw.shape[0]} vs image "
                 f"{image.shape[1]}x{image.shape[0]}; both are resized to the training size")
+        if ignored.size:
+            present, counts = np.unique(raw, return_counts=True)
+            hit = np.isin(present, ignored)
+            ignored_pixels[present[hit]] += counts[hit]
+            ignored_files[present[hit]] += 1
         if values is not None:
             unknown = values.unknown_values(np.unique(raw))
             if unknown:
@@ -166,6 +188,20 @@ def check_dataset(root: str | Path, dataset: str, split: str = "train",
                                "the run's size")
     k = class_set.num_classes
     report.histogram = [int(h) for h in hist[:k]] + [int(hist[IGNORE_INDEX])]
+    total = sum(report.histogram)
+    if ignored_pixels.any():
+        top = np.argsort(-ignored_pixels)[:5]
+        shown = ", ".join(f"{v} ({100 * ignored_pixels[v] / total:.1f}% of pixels, "
+                          f"{ignored_files[v]} files)" for v in top if ignored_pixels[v])
+        report.warnings.append(
+            f"label values that class set {class_set.name!r} reads as ignore: {shown}; the "
+            "built-in sets read Cityscapes label ids (7 road, 8 sidewalk, 11 building, ..., "
+            "26 car); labels of other values need --label-values (a YAML values map)")
+    if labels and total and report.histogram[-1] > MOSTLY_IGNORED * total:
+        report.warnings.append(
+            f"{100 * report.histogram[-1] / total:.1f}% of the labelled pixels are ignored "
+            f"(more than {MOSTLY_IGNORED:.0%}): check the labels' format, the class set and "
+            "--label-values")
     if labels and sum(report.histogram[:k]) == 0 and report.images:
         report.errors.append("no labelled pixel of any class of the class set in the whole tree")
     return report
@@ -266,14 +302,18 @@ def _signature(domain: DomainConfig, labels: bool, class_set: ClassSet) -> str |
 
 
 def require_usable(domain: DomainConfig, class_set: ClassSet, progress: bool = True,
-                   labels: bool = True) -> None:
+                   labels: bool = True, shown: int = 3) -> list[str]:
     """Raise :class:`DatasetError` with ``data check``'s report unless the domain's tree is
     usable with ``class_set``; the verdict for an unchanged tree is cached under
-    ~/.cache/cosalign (COSALIGN_CACHE)."""
+    ~/.cache/cosalign (COSALIGN_CACHE). Returns the check's warnings for the run to print
+    (the first ``shown``, then how many more ``data check`` lists), from the cache too."""
     key = _signature(domain, labels, class_set)
     cache = CACHE_DIR / "checks" / f"{key}.json"
     if key is not None and cache.is_file():
-        return
+        try:
+            return _summary(domain, json.loads(cache.read_text()).get("warnings", []), shown)
+        except (OSError, ValueError, AttributeError):
+            pass  # unreadable: check again
     report = check_dataset(domain.root, domain.dataset, domain.split, domain.list_file,
                            progress, labels, class_set=class_set, conditions=domain.conditions,
                            image_suffix=domain.image_suffix, label_suffix=domain.label_suffix,
@@ -290,6 +330,15 @@ def require_usable(domain: DomainConfig, class_set: ClassSet, progress: bool = T
             cache.write_text(json.dumps(asdict(report)))
         except OSError:  # a read-only home: the check runs again next time
             pass
+    return _summary(domain, report.warnings, shown)
+
+
+def _summary(domain: DomainConfig, warnings: list[str], shown: int) -> list[str]:
+    out = [f"{domain.root}: {w}" for w in warnings[:shown]]
+    if len(warnings) > shown:
+        out.append(f"{domain.root}: {len(warnings) - shown} more warnings (`cosalign data check "
+                   f"{domain.root} --dataset {domain.dataset}` lists them)")
+    return out
 
 
 def convert_labels(root: str | Path, dataset: str, split: str = "train",

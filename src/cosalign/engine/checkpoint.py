@@ -5,7 +5,7 @@ model from a run or a checkpoint (:func:`load_trained`).
 A checkpoint is a dict of tensors and plain Python values, so it loads with
 ``torch.load(..., weights_only=True)``. It is first written to a temporary file in the same
 folder, flushed to disk, then renamed over the final name: a crash or a full disk while saving
-leaves the previous checkpoint untouched and loadable.
+leaves the previous checkpoint untouched and loadable, and no temporary file.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from cosalign.config import ConfigError, class_set_of, from_dict
 from cosalign.data.classes import ClassSet, class_set_from_dict, load_class_set
 from cosalign.models import build_model
+from cosalign.outputs import atomic_write
 
 PATTERN = re.compile(r"^ckpt_(\d{7})\.pt$")
 
@@ -41,19 +41,11 @@ class CheckpointError(Exception):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to a temporary file, fsync, then rename over ``path``
+    (:func:`cosalign.outputs.atomic_write`): a full disk is a :class:`WriteError` naming
+    ``path``, and leaves no temporary file."""
+    with atomic_write(path, durable=True) as f:
+        torch.save(obj, f)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

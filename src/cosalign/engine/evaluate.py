@@ -30,7 +30,7 @@ from cosalign.engine.diagnostics import PremiseMeter
 from cosalign.engine.inference import save_prediction
 from cosalign.engine.tta import TTA
 from cosalign.engine.upsample import upsample_logits
-from cosalign.outputs import writable_dir, writable_file
+from cosalign.outputs import writable_dir, writable_file, write_text
 
 CITYSCAPES = load_class_set("cityscapes")
 
@@ -202,10 +202,11 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
                     "align_corners": tta.align_corners, "protocol": tta.describe(),
                     "model": which,
                     "confusion": cm.tolist()})
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    write_text(out.with_suffix(".json"), json.dumps(results, indent=1))
     tables = "\n\n".join(format_table({Path(checkpoint).parent.name: results}, s, classes)
                          for s in subsets)
-    out.with_suffix(".md").write_text(
+    write_text(
+        out.with_suffix(".md"),
         f"# {checkpoint} ({which}) on {val_cfg.root} ({split}, {len(dataset)} images)\n\n"
         f"Input {val_cfg.size}, logits upsampled bilinearly (align_corners={tta.align_corners}) "
         f"to label resolution; {tta.describe()}. Headline: {subsets[0]}.\n\n{tables}\n")

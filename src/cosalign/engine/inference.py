@@ -17,7 +17,7 @@ from cosalign.engine.checkpoint import load_trained
 from cosalign.engine.tta import TTA
 from cosalign.engine.upsample import upsample_logits
 from cosalign.outputs import OutputError, writable_dir
-from cosalign.viz import overlay, save_rgb
+from cosalign.viz import overlay, save_png, save_rgb
 
 
 def save_prediction(base: Path, pred: np.ndarray, image: np.ndarray | None = None,
@@ -25,13 +25,8 @@ def save_prediction(base: Path, pred: np.ndarray, image: np.ndarray | None = Non
     """``<base>_trainIds.png`` (8-bit class indices), ``<base>_color.png`` (``colorize``: the
     class set's palette) and, given the image, ``<base>_overlay.png``; ``base`` is a path
     without suffix, its folder made if missing."""
-    import cv2
-
     base = Path(base)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    path = base.with_name(f"{base.name}_trainIds.png")
-    if not cv2.imwrite(str(path), pred):
-        raise OSError(f"{path}: could not write")
+    save_png(base.with_name(f"{base.name}_trainIds.png"), pred)
     save_rgb(base.with_name(f"{base.name}_color.png"), colorize(pred))
     if image is not None:
         save_rgb(base.with_name(f"{base.name}_overlay.png"), overlay(image, pred, colorize))
@@ -127,12 +122,7 @@ def server_name(name: Path) -> str:
 def save_format(path: Path, pred: np.ndarray, fmt: str, classes) -> None:
     """One prediction PNG in a test server's format: ``trainids`` (class indices; ACDC, Dark
     Zurich), ``labelids`` (the class set's label values; Cityscapes) or ``color``."""
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "color":
         save_rgb(path, classes.colorize(pred))
         return
-    out = classes.to_values()[pred] if fmt == "labelids" else pred
-    if not cv2.imwrite(str(path), out):
-        raise OSError(f"{path}: could not write")
+    save_png(path, classes.to_values()[pred] if fmt == "labelids" else pred)

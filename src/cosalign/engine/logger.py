@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cosalign.engine import distributed
+from cosalign.outputs import append_text, write_text
 
 
 class MetricsError(Exception):
@@ -26,9 +27,7 @@ class Logger:
         self.tb = None
         if self.enabled and self.path.is_file():
             kept = [r for r in read_metrics(run_dir) if r["iter"] <= resume_at]
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in kept))
-            tmp.replace(self.path)
+            write_text(self.path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in kept))
         if self.enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -43,8 +42,7 @@ class Logger:
         if not self.enabled:
             return
         record = {"iter": it, "kind": kind, **values}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, allow_nan=True) + "\n")
+        append_text(self.path, json.dumps(record, allow_nan=True) + "\n")  # whole or not at all
         if self.tb is not None:
             for key, value in _scalars(values):
                 self.tb.add_scalar(f"{kind}/{key}", value, it)

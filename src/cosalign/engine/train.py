@@ -35,6 +35,7 @@ from cosalign.data.transforms import denormalize
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import (
     check_class_set,
+    checkpoint_name,
     describe_model,
     load_model_state,
     load_newest,
@@ -56,11 +57,14 @@ from cosalign.engine.runtime import (
     retain_freed_memory,
     seed_everything,
 )
+from cosalign.engine.stop import NAMES, Stopped, StopSignals, ignore_in_worker, stop_signals
 from cosalign.engine.upsample import upsample_logits
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.methods import Step, Term, build_terms
 from cosalign.models import build_model
 from cosalign.models.weights import load_weights
+from cosalign.outputs import WriteError, write_text
+from cosalign.runlock import run_lock
 
 
 class NonFiniteLoss(RuntimeError):
@@ -86,7 +90,8 @@ def batches(dataset, batch_size: int, seed: int, start: int, workers: int,
     # its own generator: creating the loader must not draw from the global RNG (resume)
     return iter(DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers,
                            drop_last=True, persistent_workers=workers > 0,
-                           generator=torch.Generator().manual_seed(seed)))
+                           generator=torch.Generator().manual_seed(seed),
+                           worker_init_fn=ignore_in_worker if workers > 0 else None))
 
 
 def _check(it: int, terms: dict[str, torch.Tensor]) -> None:
@@ -198,21 +203,51 @@ def _state(it, model, dictionary, opt, terms, scaler, cfg, amp: str, machine: st
 
 
 def train(cfg: Config, run_dir: str | Path, progress: bool = True,
-          stop_at: int | None = None) -> dict | None:
+          stop_at: int | None = None, lock: bool = True) -> dict | None:
     """Train (or resume, when ``run_dir`` holds checkpoints) and return the final evaluation.
 
     ``stop_at`` pauses the run after that iteration with a checkpoint and no evaluation (returns
     None); calling again resumes it. The demo branches "ours" off a source-only warm-up this way.
+
+    The run folder has one writer: rank 0 holds its lock (cosalign/runlock.py; ``lock=False``
+    is ``--no-lock``). Ctrl-C or SIGTERM stops the run after the step it is in, with a
+    checkpoint of that step (engine/stop.py), and raises :class:`Stopped`; a file that cannot
+    be written (a full disk) raises :class:`WriteError`. Both messages say which checkpoint is
+    intact and how to resume.
     """
     validate(cfg)  # a config changed in code after loading, too
     device = distributed.setup(cfg.train.device)
     retain_freed_memory()  # no page faults for the buffers each step frees and takes again
-    with deterministic_mode(cfg.train.deterministic, device):
-        return _train(cfg, Path(run_dir), device, progress, stop_at)
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, lock and distributed.is_main()), stop_signals() as stop, \
+            deterministic_mode(cfg.train.deterministic, device):
+        try:
+            return _train(cfg, run_dir, device, progress, stop_at, stop)
+        except WriteError as e:
+            raise WriteError(f"{e}; {_intact(run_dir)}") from None
+        except Stopped as e:
+            if not e.where:  # a second signal, or one outside a step: stopped at once
+                e.args = (f"stopped at once by {NAMES[e.signum]}; {_intact(run_dir)}",)
+                e.where = "at once"
+            raise
+
+
+def _resume_hint(run_dir: Path) -> str:
+    under = " (under torchrun: the same torchrun line)" if distributed.world_size() > 1 else ""
+    return f"`cosalign train --resume {run_dir}` continues it{under}"
+
+
+def _intact(run_dir: Path) -> str:
+    """What of the run is intact: its newest checkpoint that loads, and how to go on."""
+    path, state, _ = load_newest(run_dir)
+    if path is None:
+        return "the run has no checkpoint yet: the same command starts it again"
+    return (f"intact: {path} (iteration {state['iteration']}); once that is fixed, "
+            f"{_resume_hint(run_dir)}")
 
 
 def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
-           stop_at: int | None) -> dict | None:
+           stop_at: int | None, stop: StopSignals) -> dict | None:
     seed_everything(cfg.train.seed)
     main = distributed.is_main()
     amp, said = resolve_amp(cfg.train.amp, device)  # auto: bf16 where native, else fp32
@@ -224,7 +259,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
 
     # data: refuse a tree that `cosalign data check` rejects; target labels are never read
     for dom, labels in ((cfg.data.source, True), (cfg.data.target, False), (cfg.data.val, True)):
-        require_usable(dom, classes, progress and main, labels)
+        for warning in require_usable(dom, classes, progress and main, labels):
+            if main:
+                tqdm.write(f"warning: {warning}")
     source = build_dataset(cfg.data.source, cfg.data, train=True, class_set=classes)
     target = build_dataset(cfg.data.target, cfg.data, train=True, labels=False,
                            class_set=classes)
@@ -279,8 +316,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
             tqdm.write(f"resuming {run_dir} from {path.name} at iteration {start}{note}")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
-            f"# {said}; machine: {machine}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(run_dir / "config.yaml", f"# {said}; machine: {machine}\n"
+                   + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     net = model
     if distributed.world_size() > 1:
@@ -301,46 +338,72 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     autocast = autocast_for(amp, device)
     t = cfg.train
     end = t.iters if stop_at is None else min(stop_at, t.iters)
+    if 0 < start < end and t.eval_every and start % t.eval_every == 0 \
+            and not _eval_logged(run_dir, start):  # a stop came during this evaluation
+        _evaluate(model, val, device, dictionary, cfg, logger, start, progress)
     bar = tqdm(range(start, end), initial=start, total=t.iters, desc=run_dir.name,
                disable=not (progress and main), dynamic_ncols=True)
     t0 = time.perf_counter()
     for it in bar:
-        lr = poly_lr(o.lr, it, o.schedule_iters, o.power, o.warmup_iters)
-        for group in opt.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-        diagnose = (it + 1) % t.log_every == 0
-        try:
-            values = train_step(net, next(src_iter), next(tgt_iter), it, terms, dictionary, opt,
-                                scaler, cfg.loss.aux, autocast, diagnose)
-        except NonFiniteLoss as e:
-            raise _diverged(e, run_dir, history, cfg, logger) from None
-        history.add(values["seg"])
-        if diagnose:  # the only place the loop waits for the GPU to read numbers
-            values = as_floats(values)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()
-                             if k in ("seg", "cos", "ent", "adv")})
-            logger.log(it + 1, "train", {"lr": lr, "sec": time.perf_counter() - t0, **values})
-        last = it + 1 == t.iters
-        # the evaluation is logged before the checkpoint is written: a run resumed from a
-        # checkpoint has every line up to it
-        if (t.eval_every and (it + 1) % t.eval_every == 0) or last:
-            results = _evaluate(model, val, device, dictionary, cfg, logger, it + 1, progress)
-        if main and ((it + 1) % t.checkpoint_every == 0 or it + 1 == end):
+        with stop.deferred():  # a first Ctrl-C or SIGTERM lets the step finish
+            lr = poly_lr(o.lr, it, o.schedule_iters, o.power, o.warmup_iters)
+            for group in opt.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+            diagnose = (it + 1) % t.log_every == 0
             try:
-                _check_weights(it + 1, model, terms)
+                values = train_step(net, next(src_iter), next(tgt_iter), it, terms, dictionary,
+                                    opt, scaler, cfg.loss.aux, autocast, diagnose)
             except NonFiniteLoss as e:
                 raise _diverged(e, run_dir, history, cfg, logger) from None
-            save_checkpoint(_state(it + 1, model, dictionary, opt, terms, scaler, cfg, amp,
-                                   machine), run_dir, it + 1, t.keep_checkpoints)
+            history.add(values["seg"])
+            if diagnose:  # the only place the loop waits for the GPU to read numbers
+                values = as_floats(values)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()
+                                 if k in ("seg", "cos", "ent", "adv")})
+                logger.log(it + 1, "train", {"lr": lr, "sec": time.perf_counter() - t0,
+                                             **values})
+            signum = stop.agreed(device)
+        last = it + 1 == t.iters
+        # the evaluation is logged before the checkpoint is written: a run resumed from a
+        # checkpoint has every line up to it. A signal abandons it (it changes nothing the
+        # checkpoint holds; the resume evaluates)
+        if signum is None and ((t.eval_every and (it + 1) % t.eval_every == 0) or last):
+            try:
+                results = _evaluate(model, val, device, dictionary, cfg, logger, it + 1,
+                                    progress)
+            except Stopped as e:
+                signum = e.signum
+        saving = (it + 1) % t.checkpoint_every == 0 or it + 1 == end or signum is not None
+        if main and saving:
+            with stop.deferred():
+                try:
+                    _check_weights(it + 1, model, terms)
+                except NonFiniteLoss as e:
+                    raise _diverged(e, run_dir, history, cfg, logger) from None
+                save_checkpoint(_state(it + 1, model, dictionary, opt, terms, scaler, cfg, amp,
+                                       machine), run_dir, it + 1, t.keep_checkpoints)
+        if signum is not None:
+            if distributed.world_size() > 1:  # every rank leaves after rank 0's checkpoint
+                torch.distributed.barrier()
+            logger.close()
+            bar.close()
+            e = Stopped(signum, f"stopped by {NAMES[signum]} after iteration {it + 1} of "
+                        f"{t.iters}: wrote {run_dir / checkpoint_name(it + 1)}; "
+                        f"{_resume_hint(run_dir)}")
+            e.where = "after a step"
+            raise e
     if end < t.iters:
         logger.close()
         return None
     if start >= t.iters:  # nothing left to train: the final evaluation, logged if it is not
-        logged = any(r["kind"] == "eval" and r["iter"] == start for r in read_metrics(run_dir))
-        results = _evaluate(model, val, device, dictionary, cfg, None if logged else logger,
-                            start, progress)
+        results = _evaluate(model, val, device, dictionary, cfg,
+                            None if _eval_logged(run_dir, start) else logger, start, progress)
     logger.close()
     return results
+
+
+def _eval_logged(run_dir: Path, it: int) -> bool:
+    return any(r["kind"] == "eval" and r["iter"] == it for r in read_metrics(run_dir))
 
 
 def _evaluate(model, val, device, dictionary, cfg: Config, logger: Logger | None, it: int,
