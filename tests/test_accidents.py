@@ -244,14 +244,15 @@ def test_a_signal_during_an_evaluation_abandons_it_and_the_resume_makes_it(
 
 def test_sigterm_to_a_training_process_while_a_second_writer_is_refused(short, tmp_path):
     """A real process: a second writer is refused while it runs; SIGTERM (a scheduler's) ends
-    it with exit 143, one line and a checkpoint of the step it was in, which loads (that a
-    resume from such a checkpoint equals the straight run: the Ctrl-C tests above)."""
+    it with exit 143, one line and a checkpoint of the step it was in, equal to the straight
+    run's at that step (that a resume goes on as the straight run: the Ctrl-C tests)."""
     cfg = copy.deepcopy(short)
     cfg.train.iters = cfg.optim.schedule_iters = 400
     cmd = [sys.executable, "-m", "cosalign.cli", "train", "--config",
            _config_file(cfg, tmp_path / "c.yaml"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     run = tmp_path / "run"
-    proc = subprocess.Popen(cmd + ["--out", str(run)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd + ["--out", str(run)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list_checkpoints(run) and time.time() < deadline and proc.poll() is None:
@@ -266,6 +267,8 @@ def test_sigterm_to_a_training_process_while_a_second_writer_is_refused(short, t
     stopped = load_checkpoint(list_checkpoints(run)[-1])["iteration"]
     assert f"ckpt_{stopped:07d}.pt" in err and 4 <= stopped < 400
     _no_temporary_files(run)
+    train(copy.deepcopy(cfg), tmp_path / "to_stop", progress=False, stop_at=stopped)
+    _same_weights(run, tmp_path / "to_stop")
 
 
 # --- a full disk and other write errors -------------------------------------------------------
