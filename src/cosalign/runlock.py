@@ -4,7 +4,8 @@
 :func:`run_lock` on the folder they write. The lock is a POSIX record lock (``fcntl.lockf``) on
 ``<folder>/.cosalign-lock``: the kernel drops it when the process ends however it ends (a kill
 -9 never leaves a stale lock), and it is the lock NFS (v3 through lockd, v4 natively), Lustre
-(mounted with ``flock``), GPFS and BeeGFS carry between machines. The file holds the holder's
+(mounted with ``flock``) and GPFS carry between machines (BeeGFS only with its global file
+locks switched on). The file holds the holder's
 process id, host and command, which a refused writer prints; it is left in place (deleting a
 lock file would let two processes lock two different files).
 
