@@ -1,12 +1,15 @@
 """Initial weights from local files (nothing is downloaded).
 
-Four kinds of file are recognized by their keys:
+Five kinds of file are recognized by their keys:
 - the DeepLab ImageNet checkpoint of the AdaptSegNet/ADVENT line (``Scale.conv1.weight``, ...):
   its ``Scale.layer5`` classifier is skipped, the rest goes into the backbone;
 - a torchvision ``resnet101`` state dict (``conv1.weight``, ``layer1.0...``, ``fc``): loaded by
   name into the backbone, with a warning, because torchvision puts the bottleneck stride on the
   3x3 conv and expects RGB/255 input normalized by ImageNet mean and std (set
   ``data.normalization: imagenet``);
+- a MiT ImageNet file of SegFormer's (``mit_b0.pth`` ... ``mit_b5.pth``, as DAFormer uses them:
+  ``patch_embed1.proj.weight``, ``block1.0.attn.q.weight``, ..., maybe under ``state_dict`` or
+  ``model``): loaded by name into the transformer's encoder, its classification ``head`` skipped;
 - a cosalign checkpoint (``model`` and ``config`` keys): the whole network;
 - a backbone from ``cosalign pretrain`` (``model`` and ``pretrain`` keys): the backbone only.
 The name ``minicity_pretrained`` stands for the pretrained MiniCity backbone that ships with the
@@ -65,6 +68,10 @@ def _read(path: Path) -> dict:
 def convert(state: dict) -> tuple[str, dict[str, torch.Tensor], list[str]]:
     """Recognize a state dict and rename its keys to this project's model:
     (kind, renamed state, keys dropped on purpose)."""
+    for wrapper in ("state_dict", "model"):  # a MiT file saved with a wrapper
+        inner = state.get(wrapper)
+        if isinstance(inner, dict) and "patch_embed1.proj.weight" in inner:
+            state = inner
     if "model" in state and "config" in state:
         return "cosalign checkpoint", state["model"], []
     if "model" in state and "pretrain" in state:
@@ -75,6 +82,11 @@ def convert(state: dict) -> tuple[str, dict[str, torch.Tensor], list[str]]:
         return "DeepLab ImageNet (Caffe) checkpoint", {
             "backbone." + k[len("Scale."):]: v for k, v in state.items()
             if k.startswith("Scale.") and k not in skipped
+        }, skipped
+    if "patch_embed1.proj.weight" in state and any(k.startswith("block1.") for k in keys):
+        skipped = [k for k in keys if k.startswith("head.")]
+        return "MiT ImageNet (SegFormer) weights", {
+            "backbone." + k: v for k, v in state.items() if k not in skipped
         }, skipped
     if "conv1.weight" in state and any(k.startswith("layer4.") for k in keys):
         skipped = [k for k in keys if k.startswith("fc.")]
@@ -94,7 +106,8 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     if not matched:
         raise WeightsError(
             f"{path}: no key matches this model (expected a DeepLab 'Scale.*' checkpoint, a "
-            f"torchvision ResNet state dict or a cosalign checkpoint; found keys like "
+            f"torchvision ResNet state dict, a MiT ImageNet file for a MiT network or a "
+            f"cosalign checkpoint; found keys like "
             f"{list(state)[:3] or list(_read(path))[:3]})"
         )
     for k, v in matched.items():

@@ -1,0 +1,54 @@
+"""The transformer network: a MiT encoder (models/mit.py) with SegFormer's or DAFormer's head
+(models/fusion_heads.py), the network of DAFormer, HRDA and MIC.
+
+``forward`` returns :class:`SegOutput` as DeepLab-v2 does: the logits at stride 4, no auxiliary
+head (``aux`` is None), and as ``features`` the head's fused map (B, E, H / 4, W / 4), E = 256:
+the last map before the classifier, as DeepLab-v2's layer4 is the map before its ASPP
+classifier (docs/METHOD.md says why).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from cosalign.models.deeplab import SegOutput
+from cosalign.models.fusion_heads import DAFormerHead, SegFormerHead
+from cosalign.models.mit import MiT
+
+HEADS = {"segformer": SegFormerHead, "daformer": DAFormerHead}
+
+
+class MiTSegmenter(nn.Module):
+    """MiT-``preset`` encoder + ``head`` ("segformer" or "daformer") with E = ``embed``.
+
+    Shapes: (B, 3, H, W) -> logits (B, K, H / 4, W / 4), features (B, E, H / 4, W / 4).
+    """
+
+    def __init__(self, num_classes: int = 19, preset: str = "b5", head: str = "daformer",
+                 embed: int = 256, drop_path_rate: float = 0.1) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.backbone = MiT(preset, drop_path_rate)
+        self.head = HEADS[head](self.backbone.channels, num_classes, embed)
+        self.num_classes, self.feature_dim = num_classes, embed
+
+    def forward(self, x: Tensor) -> SegOutput:
+        logits, features = self.head(self.backbone(x))
+        return SegOutput(logits, None, features)
+
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0,
+                     weight_decay: float = 0.01) -> list[dict]:
+        """DAFormer's AdamW groups: the encoder at ``lr`` with ``weight_decay``, except its
+        LayerNorms (every parameter whose name holds "norm"), which take no weight decay; the
+        head at ``head_lr_mult * lr`` with ``weight_decay`` (its BatchNorms included, as in
+        DAFormer, whose rule matches names, and its head's norms are named "bn")."""
+        decay, no_decay = [], []
+        for name, p in self.backbone.named_parameters():
+            (no_decay if "norm" in name else decay).append(p)
+        return [
+            {"params": decay, "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "lr_mult": 1.0, "weight_decay": 0.0},
+            {"params": list(self.head.parameters()), "lr": lr * head_lr_mult,
+             "lr_mult": head_lr_mult, "weight_decay": weight_decay},
+        ]

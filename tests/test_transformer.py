@@ -1,0 +1,144 @@
+"""The transformer network: MiT encoders against the published sizes and naive attention,
+SegFormer's and DAFormer's heads, MiT ImageNet files by name, DAFormer's optimizer groups."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cosalign.models.fusion_heads import DAFormerHead, SegFormerHead
+from cosalign.models.mit import PRESETS, Attention, MiT, drop_path
+from cosalign.models.transformer import MiTSegmenter
+from cosalign.models.weights import load_weights
+
+# SegFormer's paper (encoder, M parameters) and its model table (encoder + all-MLP head with
+# 150 classes, E = 256 for B0/B1 and 768 for B2-B5), both to 0.1 M. The paper's B0 encoder,
+# 3.4, is not what its own total gives
+# (3.8 - 0.4 for the head); ours is 3.32, and its total 3.75.
+ENCODER = {"b1": 13.1, "b2": 24.2, "b3": 44.0, "b4": 60.8, "b5": 81.4}
+TOTAL = {"b0": 3.8, "b1": 13.7, "b2": 27.5, "b3": 47.3, "b4": 64.1, "b5": 84.7}
+
+
+def _count(module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_parameter_counts_match_the_published_ones(preset):
+    with torch.device("meta"):  # counts only: no memory, no initialization
+        encoder = MiT(preset)
+        head = SegFormerHead(encoder.channels, 150, 256 if preset in ("b0", "b1") else 768)
+    if preset in ENCODER:  # to the paper's last digit (ours: 13.15, 24.20, 44.07, ...)
+        assert abs(_count(encoder) - ENCODER[preset]) < 0.1
+    assert abs(_count(encoder) + _count(head) - TOTAL[preset]) < 0.05
+
+
+def test_maps_at_strides_4_to_32_and_heads_at_stride_4():
+    torch.manual_seed(0)
+    net = MiTSegmenter(num_classes=7, preset="b0", head="daformer").eval()
+    x = torch.randn(2, 3, 64, 96)
+    maps = net.backbone(x)
+    assert [tuple(m.shape) for m in maps] == [(2, 32, 16, 24), (2, 64, 8, 12), (2, 160, 4, 6),
+                                             (2, 256, 2, 3)]
+    out = net(x)
+    assert out.logits.shape == (2, 7, 16, 24) and out.features.shape == (2, 256, 16, 24)
+    assert out.aux is None and net.feature_dim == 256
+    seg = MiTSegmenter(num_classes=7, preset="b0", head="segformer").eval()
+    assert seg(x).logits.shape == (2, 7, 16, 24)
+
+
+@torch.no_grad()
+def test_attention_equals_a_naive_computation():
+    """Spatial reduction 2 on a 6x4 map: each query of each head against the 3x2 reduced keys,
+    by hand."""
+    torch.manual_seed(0)
+    dim, heads, h, w = 8, 2, 6, 4
+    attn = Attention(dim, heads, ratio=2).eval()
+    x = torch.randn(1, h * w, dim)
+    got = attn(x, h, w)
+    reduced = attn.sr(x.transpose(1, 2).reshape(1, dim, h, w)).flatten(2).transpose(1, 2)
+    reduced = F.layer_norm(reduced, (dim,), attn.norm.weight, attn.norm.bias, attn.norm.eps)
+    assert reduced.shape == (1, 6, dim)
+    q = x[0] @ attn.q.weight.T + attn.q.bias
+    kv = reduced[0] @ attn.kv.weight.T + attn.kv.bias
+    k, v = kv[:, :dim], kv[:, dim:]
+    d = dim // heads
+    out = torch.zeros(h * w, dim)
+    for head in range(heads):
+        s = slice(head * d, (head + 1) * d)
+        for i in range(h * w):
+            scores = torch.tensor([float(q[i, s] @ k[j, s]) / math.sqrt(d)
+                                   for j in range(k.shape[0])])
+            weights = torch.softmax(scores, 0)
+            out[i, s] = sum(weights[j] * v[j, s] for j in range(k.shape[0]))
+    expected = out @ attn.proj.weight.T + attn.proj.bias
+    torch.testing.assert_close(got[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(4000, 3, 2)
+    y = drop_path(x, 0.25, training=True)
+    per_sample = y.flatten(1)
+    kept = per_sample[per_sample != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.75))
+    assert (per_sample == per_sample[:, :1]).all()  # a sample is dropped whole or kept whole
+    assert abs(float((per_sample[:, 0] == 0).float().mean()) - 0.25) < 0.03
+    assert torch.equal(drop_path(x, 0.25, training=False), x)
+    rates = [b.drop for i in range(1, 5) for b in getattr(MiT("b0"), f"block{i}")]
+    assert rates[0] == 0.0 and abs(rates[-1] - 0.1) < 1e-7 and rates == sorted(rates)
+
+
+def test_daformer_fusion_is_the_published_structure():
+    head = DAFormerHead((32, 64, 160, 256), 19)
+    branches = head.fuse.branches
+    assert branches[0][0].kernel_size == (1, 1) and branches[0][0].in_channels == 1024
+    for b, rate in zip(branches[1:], (6, 12, 18)):
+        depthwise, pointwise = b[0][0], b[1][0]
+        assert depthwise.dilation == (rate, rate) and depthwise.groups == 1024
+        assert pointwise.kernel_size == (1, 1) and pointwise.out_channels == 256
+    assert head.fuse.bottleneck[0].kernel_size == (3, 3)
+    assert head.fuse.bottleneck[0].in_channels == 4 * 256
+    assert isinstance(SegFormerHead((32, 64, 160, 256), 19).fuse[0], torch.nn.Conv2d)
+
+
+def test_a_mit_imagenet_file_loads_by_name_into_the_encoder(tmp_path, capsys):
+    """A file in SegFormer's layout (made here: the names and shapes of mit_b0.pth, random
+    values, a 1000-class head), under ``state_dict``: every encoder tensor lands."""
+    torch.manual_seed(1)
+    source = MiT("b0")
+    for p in source.parameters():
+        p.data.normal_()
+    state = {**source.state_dict(), "head.weight": torch.randn(1000, 256),
+             "head.bias": torch.randn(1000)}
+    assert "block1.0.mlp.dwconv.dwconv.weight" in state and "block4.1.attn.kv.bias" in state
+    assert "block1.0.attn.sr.weight" in state and "block4.0.attn.sr.weight" not in state
+    torch.save({"state_dict": state}, tmp_path / "mit_b0.pth")
+    net = MiTSegmenter(num_classes=19, preset="b0")
+    report = load_weights(net, tmp_path / "mit_b0.pth")
+    assert report.kind == "MiT ImageNet (SegFormer) weights"
+    assert sorted(report.skipped) == ["head.bias", "head.weight"]
+    assert report.loaded == len(source.state_dict()) and not report.unexpected
+    assert all(k.startswith("head.") for k in report.missing)  # the decoder starts afresh
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(net.backbone.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_daformer_optimizer_groups():
+    net = MiTSegmenter(num_classes=19, preset="b0")
+    groups = net.param_groups(6e-5, head_lr_mult=10.0, weight_decay=0.01)
+    names = {p: n for n, p in net.named_parameters()}
+    seen = [names[p] for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(names.values())  # every parameter once
+    for g in groups:
+        for p in g["params"]:
+            n = names[p]
+            head = n.startswith("head.")
+            assert g["lr"] == pytest.approx(6e-4 if head else 6e-5)
+            no_decay = not head and "norm" in n  # LayerNorms of the encoder
+            assert g["weight_decay"] == (0.0 if no_decay else 0.01), n
+    norms = [n for n in seen if "norm" in n]
+    assert "backbone.block1.0.norm1.weight" in norms and "backbone.norm4.bias" in norms
+    assert "backbone.patch_embed1.norm.weight" in norms and "backbone.block1.0.attn.norm.bias" \
+        in norms
