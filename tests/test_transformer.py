@@ -127,7 +127,8 @@ def test_a_mit_imagenet_file_loads_by_name_into_the_encoder(tmp_path, capsys):
 
 def test_daformer_optimizer_groups():
     net = MiTSegmenter(num_classes=19, preset="b0")
-    groups = net.param_groups(6e-5, head_lr_mult=10.0, weight_decay=0.01)
+    groups = torch.optim.AdamW(net.param_groups(6e-5, head_lr_mult=10.0), lr=6e-5,
+                               weight_decay=0.01).param_groups
     names = {p: n for n, p in net.named_parameters()}
     seen = [names[p] for g in groups for p in g["params"]]
     assert sorted(seen) == sorted(names.values())  # every parameter once
@@ -142,3 +143,46 @@ def test_daformer_optimizer_groups():
     assert "backbone.block1.0.norm1.weight" in norms and "backbone.norm4.bias" in norms
     assert "backbone.patch_embed1.norm.weight" in norms and "backbone.block1.0.attn.norm.bias" \
         in norms
+
+
+@pytest.mark.parametrize("method", ["ours", "ours_dacs"])
+def test_the_transformer_trains_with_adamw_and_resumes_exactly(tiny_config, tmp_path, method):
+    """MiT-B0 with DAFormer's head and AdamW, the alignment on its fused features (and on top
+    of self-training): finite losses, a run split by a checkpoint equal to the straight one,
+    AdamW's moments in the checkpoint, and the norms' weight decay 0 after the resume."""
+    import copy
+
+    from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
+    from cosalign.engine.logger import read_metrics
+    from cosalign.engine.train import train
+    from cosalign.methods import apply_method
+
+    cfg = apply_method(copy.deepcopy(tiny_config), method)
+    cfg.model.arch, cfg.loss.aux = "mit_b0", 0.0
+    cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay = "adamw", 6e-5, 0.01
+    cfg.train.deterministic = True
+    results = train(copy.deepcopy(cfg), tmp_path / "straight", progress=False)
+    assert 0 <= results["miou"][cfg.data.classes] <= 100
+    rows = [r for r in read_metrics(tmp_path / "straight") if r["kind"] == "train"]
+    assert rows and all(math.isfinite(r["cos"]) and "seg_aux" not in r for r in rows)
+    assert train(copy.deepcopy(cfg), tmp_path / "split", progress=False, stop_at=3) is None
+    train(copy.deepcopy(cfg), tmp_path / "split", progress=False)
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / n)[-1]) for n in ("straight", "split"))
+    atol = 1e-6 if cfg.train.device == "cpu" else 1e-5
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], atol=atol, rtol=0)
+    state = b["optimizer"]
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(state["state"].values())))
+    decay = {n: g["weight_decay"] for g in state["param_groups"]
+             for n in (state["param_names"][i] for i in g["params"])}
+    assert decay["backbone.block1.0.norm1.weight"] == 0.0
+    assert decay["backbone.block1.0.attn.q.weight"] == 0.01
+
+
+def test_a_transformer_with_an_auxiliary_loss_is_refused(capsys):
+    from cosalign.cli import main
+
+    code = main(["train", "--config", "minicity", "--set", "model.arch=mit_b0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "loss.aux: model.arch mit_b0 has no auxiliary head; expected 0, got 0.1" in err

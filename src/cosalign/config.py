@@ -32,6 +32,11 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 FEATURE_LAYERS = ("layer4", "layer4_pre", "layer3")
 DEPTHS = (18, 34, 50, 101)  # models/resnet.py
 BN_MODES = ("train", "affine_frozen", "frozen")
+# deeplabv2: the ResNet DeepLab-v2 of the paper; mit_b*: a Mix Transformer with a fusion head
+# (models/transformer.py, DAFormer's network)
+ARCHS = ("deeplabv2", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
+FUSION_HEADS = ("daformer", "segformer")
+OPTIMIZERS = ("sgd", "adamw")
 MATCHES = ("all", "max")
 REFERENCES = ("dictionary", "batch")
 CLASS_RESTRICTS = ("none", "pseudo")
@@ -138,12 +143,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    arch: str = choice("deeplabv2", ARCHS)
+    # deeplabv2's fields
     depth: int = choice(101, DEPTHS)
     width: float = bounded(1.0, 0, open_low=True)  # channels x width
     rates: tuple[int, ...] = bounded((6, 12, 18, 24), 1)  # ASPP dilation rates
     feature_layer: str = choice("layer4", FEATURE_LAYERS)
     bn: str = choice("affine_frozen", BN_MODES)
     weights: str | None = None  # a local weights file, or minicity_pretrained
+    # mit_b*'s fields: the head and its embedding width E (the features the alignment sees)
+    head: str = choice("daformer", FUSION_HEADS)
+    embed: int = bounded(256, 1)
 
 
 @dataclass
@@ -214,6 +224,9 @@ class SelfTrainConfig:
 
 @dataclass
 class OptimConfig:
+    # sgd (DeepLab-v2, DACS) with momentum, or adamw (DAFormer) with betas (0.9, 0.999); both
+    # take weight_decay, which the transformer's norms do not get
+    name: str = choice("sgd", OPTIMIZERS)
     lr: float = bounded(2.5e-4, 0, open_low=True)
     momentum: float = bounded(0.9, 0, 1, open_high=True)
     weight_decay: float = bounded(5e-4, 0)
@@ -392,6 +405,11 @@ def validate(cfg: Config) -> Config:
     if st.ignore_top + st.ignore_bottom >= 1:
         raise ConfigError(f"selftrain.ignore_top + selftrain.ignore_bottom: expected < 1 (rows "
                           f"left for pseudo-labels), got {st.ignore_top} + {st.ignore_bottom}")
+    if cfg.model.arch != "deeplabv2":  # no auxiliary head
+        for key in ("aux", "ent_aux", "adv_aux"):
+            if getattr(cfg.loss, key) > 0:
+                raise ConfigError(f"loss.{key}: model.arch {cfg.model.arch} has no auxiliary "
+                                  f"head; expected 0, got {getattr(cfg.loss, key)}")
     d = cfg.dictionary
     if d.per_image > d.capacity:
         raise ConfigError(f"dictionary.per_image: expected at most dictionary.capacity "

@@ -129,9 +129,12 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
     with autocast():
         out_s = model(x_s)
     size_s = y_s.shape[-2:]
-    pred_s, pred_s_aux = upsample_logits(out_s.logits, size_s), upsample_logits(out_s.aux, size_s)
-    logged = {"seg": F.cross_entropy(pred_s, y_s, ignore_index=IGNORE_INDEX),
-              "seg_aux": F.cross_entropy(pred_s_aux, y_s, ignore_index=IGNORE_INDEX)}
+    pred_s = upsample_logits(out_s.logits, size_s)
+    logged = {"seg": F.cross_entropy(pred_s, y_s, ignore_index=IGNORE_INDEX)}
+    pred_s_aux = None  # a network without an auxiliary head (the transformer)
+    if out_s.aux is not None:
+        pred_s_aux = upsample_logits(out_s.aux, size_s)
+        logged["seg_aux"] = F.cross_entropy(pred_s_aux, y_s, ignore_index=IGNORE_INDEX)
     step = Step(it=it, model=model, x_s=x_s, y_s=y_s, x_t=x_t, f_s=out_s.features.detach(),
                 pred_s=pred_s, pred_s_aux=pred_s_aux, dictionary=dictionary, autocast=autocast,
                 diagnose=diagnose, out_s=out_s)
@@ -142,7 +145,7 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
         weights.update(term.weight)
     logged.update(source_terms)
     _check(it, logged)
-    loss = logged["seg"] + aux * logged["seg_aux"]
+    loss = logged["seg"] + aux * logged["seg_aux"] if "seg_aux" in logged else logged["seg"]
     if source_terms:
         loss = loss + sum(weights[k] * v for k, v in source_terms.items())
     scaler.scale(loss).backward()
@@ -200,6 +203,16 @@ def _state(it, model, dictionary, opt, terms, scaler, cfg, amp: str, machine: st
         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng_state(),
         "class_set": class_set_of(cfg).to_dict(),
     }
+
+
+def build_optimizer(model: torch.nn.Module, o) -> torch.optim.Optimizer:
+    """``optim.name``: SGD with momentum (DeepLab-v2, DACS) or AdamW with betas (0.9, 0.999)
+    (DAFormer), over the network's parameter groups (the head at ``head_lr_mult`` x lr)."""
+    groups = model.param_groups(o.lr, o.head_lr_mult)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.999),
+                                 weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def train(cfg: Config, run_dir: str | Path, progress: bool = True,
@@ -278,9 +291,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     dictionary = ClassFeatureDictionary(K, d.capacity, model.feature_dim,
                                         d.per_image, d.enqueue).to(device)
     terms = build_terms(cfg, K, device, model)
+    opt = build_optimizer(model, cfg.optim)
     o = cfg.optim
-    opt = torch.optim.SGD(model.param_groups(o.lr, o.head_lr_mult), lr=o.lr, momentum=o.momentum,
-                          weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     # resume from the newest checkpoint of this run that loads, if any

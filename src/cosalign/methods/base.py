@@ -41,7 +41,7 @@ class Step:
     x_t: Tensor
     f_s: Tensor
     pred_s: Tensor
-    pred_s_aux: Tensor
+    pred_s_aux: Tensor | None  # None: the network has no auxiliary head
     dictionary: Any  # losses.ClassFeatureDictionary
     autocast: Callable = contextlib.nullcontext
     diagnose: bool = False  # a logging step: terms may add diagnostics to ``stats``

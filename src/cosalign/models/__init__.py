@@ -1,13 +1,21 @@
-"""Networks: DeepLab-v2 on a Caffe-style dilated ResNet, and the AdvEnt discriminator."""
+"""Networks: DeepLab-v2 on a Caffe-style dilated ResNet, a MiT encoder with SegFormer's or
+DAFormer's head, and the AdvEnt discriminator."""
+
+from torch import nn
 
 from cosalign.models.deeplab import DeepLabV2, SegOutput
 from cosalign.models.discriminator import Discriminator
+from cosalign.models.transformer import MiTSegmenter
 
 
-def build_model(cfg, num_classes: int) -> DeepLabV2:
-    """A :class:`DeepLabV2` from a :class:`cosalign.config.ModelConfig`."""
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """The network ``cfg.arch`` names, from a :class:`cosalign.config.ModelConfig`: a
+    :class:`DeepLabV2` or a :class:`MiTSegmenter` (``mit_b0`` ... ``mit_b5``)."""
+    if cfg.arch.startswith("mit_"):
+        return MiTSegmenter(num_classes, preset=cfg.arch[len("mit_"):], head=cfg.head,
+                            embed=cfg.embed)
     return DeepLabV2(num_classes=num_classes, depth=cfg.depth, width=cfg.width,
                      rates=tuple(cfg.rates), feature_layer=cfg.feature_layer, bn=cfg.bn)
 
 
-__all__ = ["DeepLabV2", "Discriminator", "SegOutput", "build_model"]
+__all__ = ["DeepLabV2", "Discriminator", "MiTSegmenter", "SegOutput", "build_model"]

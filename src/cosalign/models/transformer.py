@@ -37,18 +37,17 @@ class MiTSegmenter(nn.Module):
         logits, features = self.head(self.backbone(x))
         return SegOutput(logits, None, features)
 
-    def param_groups(self, lr: float, head_lr_mult: float = 10.0,
-                     weight_decay: float = 0.01) -> list[dict]:
-        """DAFormer's AdamW groups: the encoder at ``lr`` with ``weight_decay``, except its
-        LayerNorms (every parameter whose name holds "norm"), which take no weight decay; the
-        head at ``head_lr_mult * lr`` with ``weight_decay`` (its BatchNorms included, as in
-        DAFormer, whose rule matches names, and its head's norms are named "bn")."""
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """DAFormer's groups: the encoder at ``lr``, the head at ``head_lr_mult * lr``; the
+        encoder's LayerNorms (every parameter whose name holds "norm") take no weight decay,
+        the others the optimizer's (the head's BatchNorms too, as in DAFormer, whose rule
+        matches names and whose head names its norms "bn")."""
         decay, no_decay = [], []
         for name, p in self.backbone.named_parameters():
             (no_decay if "norm" in name else decay).append(p)
         return [
-            {"params": decay, "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay},
+            {"params": decay, "lr": lr, "lr_mult": 1.0},
             {"params": no_decay, "lr": lr, "lr_mult": 1.0, "weight_decay": 0.0},
             {"params": list(self.head.parameters()), "lr": lr * head_lr_mult,
-             "lr_mult": head_lr_mult, "weight_decay": weight_decay},
+             "lr_mult": head_lr_mult},
         ]
