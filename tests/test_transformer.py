@@ -186,3 +186,67 @@ def test_a_transformer_with_an_auxiliary_loss_is_refused(capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "loss.aux: model.arch mit_b0 has no auxiliary head; expected 0, got 0.1" in err
+
+
+def test_the_daformer_presets_carry_daformers_recipe():
+    """The values of DAFormer's gta2cs/syn2cs ..._daformer_mitb5_s0.py configs and their
+    _base_ files, entered here by hand from those files."""
+    from cosalign.methods import method_config
+
+    for preset, size in (("gta5_to_cityscapes_daformer", (1280, 720)),
+                         ("synthia_to_cityscapes_daformer", (1280, 760))):
+        base = method_config(preset, [], "source_only")
+        cfg = method_config(preset, [], "dacs")
+        for c in (base, cfg):
+            assert (c.model.arch, c.model.head, c.model.embed) == ("mit_b5", "daformer", 256)
+            o = c.optim
+            assert (o.name, o.lr, o.weight_decay, o.head_lr_mult) == ("adamw", 6e-5, 0.01, 10)
+            assert (o.warmup_iters, o.power, o.schedule_iters, c.train.iters) == (
+                1500, 1.0, 40000, 40000)
+            assert c.data.batch_size == 2 and c.data.normalization == "imagenet"
+            assert tuple(c.data.source.size) == size and tuple(c.data.target.size) == (1024, 512)
+            assert tuple(c.data.source.crop) == tuple(c.data.target.crop) == (512, 512)
+            assert c.data.source.flip and c.data.target.flip and c.data.source.photometric == 0
+            assert c.train.eval_every == 4000 and c.loss.aux == 0
+        assert base.loss.fd == 0 and base.data.rcs_temperature == 0  # self-training's parts
+        st = cfg.selftrain
+        assert (st.alpha, st.threshold, st.mix) == (0.999, 0.968, "batch")
+        assert st.ignore_top * 512 == 15 and st.ignore_bottom * 512 == 120
+        assert (st.jitter, st.jitter_p, st.blur_p) == (0.2, 0.8, 0.5)
+        assert cfg.loss.fd == 0.005 and cfg.data.rcs_temperature == 0.01
+        assert round(cfg.data.rcs_min_pixels * 1914 * 1052) == 3020  # 3000 px of a GTA5 label
+
+
+def test_the_daformer_preset_trains_dacs_from_a_mit_file(tmp_path, capsys):
+    """`cosalign train --config gta5_to_cityscapes_daformer --method dacs` on generated GTA5
+    and Cityscapes trees from a generated MiT file (B0's names and shapes: B5's differ only in
+    size), shrunk to seconds: the weights load, the feature distance and rare class sampling
+    run, the run finishes."""
+    from cosalign.cli import main
+    from tests.conftest import TEST_DEVICE
+    from tests.trees import make_cityscapes, make_gta5
+
+    gta = make_gta5(tmp_path / "gta5", n=4, size=(64, 36), odd_one=False)
+    cs = tmp_path / "cityscapes"
+    make_cityscapes(cs, "train", size=(64, 32))
+    make_cityscapes(cs, "val", size=(64, 32))
+    torch.manual_seed(0)
+    torch.save({"state_dict": {**MiT("b0").state_dict(), "head.weight": torch.zeros(1000, 256),
+                               "head.bias": torch.zeros(1000)}}, tmp_path / "mit_b0.pth")
+    code = main(["train", "--config", "gta5_to_cityscapes_daformer", "--method", "dacs",
+                 "--out", str(tmp_path / "run"), "--quiet", "--set",
+                 f"data.source.root={gta}", f"data.target.root={cs}", f"data.val.root={cs}",
+                 "model.arch=mit_b0", f"model.weights={tmp_path / 'mit_b0.pth'}",
+                 "data.source.size=[64, 36]", "data.source.crop=[32, 32]",
+                 "data.target.size=[64, 32]", "data.target.crop=[32, 32]",
+                 "data.val.size=[64, 32]", "data.workers=0", "train.iters=3",
+                 "optim.warmup_iters=1", "optim.schedule_iters=3", "train.log_every=1",
+                 "train.eval_every=0", "train.checkpoint_every=3",
+                 f"train.device={TEST_DEVICE}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "MiT ImageNet (SegFormer) weights: loaded" in out
+    from cosalign.engine.logger import read_metrics
+
+    rows = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert len(rows) == 3 and all(math.isfinite(r["fd"]) and "st" in r for r in rows)

@@ -32,11 +32,17 @@ def pooled_labels(labels: Tensor, size: tuple[int, int], num_classes: int) -> Te
     return torch.where(top >= PURITY, cls, torch.full_like(cls, IGNORE_INDEX))
 
 
+def _last_stage(out) -> Tensor:
+    """The backbone's last stage in a network's output (the transformer's ``encoder``)."""
+    return getattr(out, "encoder", out.features)
+
+
 class FeatureDistance(Term):
     """L_fd = mean over thing-class positions of ||f_student - f_frozen||_2 on the source batch,
-    at the features the model returns (the last backbone stage), weight ``loss.fd`` (DAFormer
-    0.005). The frozen network is the student as built with ``model.weights``, before any
-    training or resume (a copy made at set-up); it needs ``model.weights``."""
+    at the backbone's last stage (DeepLab-v2: the features it returns, layer4; the transformer:
+    its ``encoder`` map, the MiT's stage 4), weight ``loss.fd`` (DAFormer 0.005). The frozen
+    network is the student as built with ``model.weights``, before any training or resume (a
+    copy made at set-up); it needs ``model.weights``."""
 
     name = "feature_distance"
     weights = ("fd",)
@@ -55,9 +61,9 @@ class FeatureDistance(Term):
         self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
 
     def source_losses(self, step: Step) -> dict[str, Tensor]:
-        f = step.out_s.features
+        f = _last_stage(step.out_s)
         with torch.no_grad(), step.autocast():
-            f0 = self.frozen(step.x_s).features
+            f0 = _last_stage(self.frozen(step.x_s))
         labels = pooled_labels(step.y_s, tuple(f.shape[-2:]), self.num_classes)
         things = torch.isin(labels, labels.new_tensor(self.things))
         dist = torch.linalg.vector_norm(f.float() - f0.float(), dim=1)  # (B, h, w)

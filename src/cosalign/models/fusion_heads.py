@@ -11,7 +11,7 @@ position (a 1x1 convolution; no norm, no activation), upsample the four to strid
   convolution (depthwise with that dilation + BN + ReLU, pointwise + BN + ReLU), each to E;
   the branches concatenated (4E) and a 3x3 convolution + BN + ReLU back to E.
 
-The fused map, (B, E, H / 4, W / 4), is what the alignment pulls on (``SegOutput.features``);
+The fused map, (B, E, H / 4, W / 4), is what the alignment pulls on (the output's ``features``);
 dropout 0.1 and a 1x1 convolution to K classes make the logits.
 """
 
