@@ -167,6 +167,8 @@ class LossConfig:
     adv: float = bounded(0.0, 0)  # AdvEnt, main head
     adv_aux: float = bounded(0.0, 0)
     st: float = bounded(0.0, 0)  # self-training: the pseudo-labelled, class-mixed image (DACS)
+    # MIC's masked consistency: the patch-masked target image against the same pseudo-labels
+    mic: float = bounded(0.0, 0)
     # feature distance to the frozen pretrained network, thing classes (DAFormer)
     fd: float = bounded(0.0, 0)
     # the BatchNorm control: target batches go through the network in train mode (BatchNorm
@@ -220,6 +222,10 @@ class SelfTrainConfig:
     # (defaults chosen on MiniCity's selection split: docs/results/minicity.md)
     align_on: str = choice("mixed", ALIGN_ON)
     align_pseudo: str = choice("student", ALIGN_PSEUDO)
+    # MIC (Hoyer et al., CVPR 2023): square patches of this many pixels of the network's input
+    # (32 at 512 crops, 64 at 1024) dropped with probability mask_ratio
+    mask_patch: int = bounded(32, 1)
+    mask_ratio: float = bounded(0.7, 0, 1, open_high=True)
 
 
 @dataclass
@@ -405,6 +411,10 @@ def validate(cfg: Config) -> Config:
     if st.ignore_top + st.ignore_bottom >= 1:
         raise ConfigError(f"selftrain.ignore_top + selftrain.ignore_bottom: expected < 1 (rows "
                           f"left for pseudo-labels), got {st.ignore_top} + {st.ignore_bottom}")
+    if cfg.loss.mic > 0 and not cfg.loss.st > 0:
+        raise ConfigError(f"loss.mic: the masked consistency learns from self-training's "
+                          f"pseudo-labels; it needs loss.st > 0 (--method mic), got "
+                          f"loss.st={cfg.loss.st}")
     if cfg.model.arch != "deeplabv2":  # no auxiliary head
         for key in ("aux", "ent_aux", "adv_aux"):
             if getattr(cfg.loss, key) > 0:

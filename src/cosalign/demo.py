@@ -78,7 +78,8 @@ def _predict(run_dir: Path, samples: list[dict]) -> list[np.ndarray]:
 
 DISPLAY = {"source_only": "source-only", "target_bn": CONTROL, "minent": "MinEnt",
            "advent": "AdvEnt", "ours": "ours", "ours_minent": "ours + MinEnt",
-           "ours_advent": "ours + AdvEnt", "dacs": "DACS", "ours_dacs": "ours + DACS"}
+           "ours_advent": "ours + AdvEnt", "dacs": "DACS", "ours_dacs": "ours + DACS",
+           "mic": "MIC", "ours_mic": "ours + MIC"}
 DEFAULT_METHODS = ("source_only", "target_bn", "ours")
 OUTPUTS = ("results.json", "figure.png", "features.png", "similarity.png")  # in --out
 

@@ -31,8 +31,9 @@ class Step:
     (features, logits, aux at output stride), set by the step before the terms run when a term
     needs it; ``model`` the student (DDP-wrapped under torchrun); ``autocast`` a factory of the
     run's autocast context. Self-training adds ``mixed`` (the student's pass over the mixed
-    batch), ``mixed_target`` (B, H, W) True at target-origin pixels, and ``teacher_logits``
-    (B, K, h, w)."""
+    batch), ``mixed_target`` (B, H, W) True at target-origin pixels, ``teacher_logits``
+    (B, K, h, w), and ``pseudo``: the teacher's (B, H, W) pseudo-labels of the clean target
+    batch and their (B, H, W) weights (MIC learns from them too)."""
 
     it: int
     model: Any
@@ -50,6 +51,7 @@ class Step:
     mixed: Any = None
     mixed_target: Tensor | None = None
     teacher_logits: Tensor | None = None
+    pseudo: tuple[Tensor, Tensor] | None = None
     stats: dict = field(default_factory=dict)
     _pred_t: dict = field(default_factory=dict)
 

@@ -102,6 +102,7 @@ class SelfTraining(Term):
         pred = upsample_logits(out.logits, y.shape[-2:])
         loss = (F.cross_entropy(pred, y, ignore_index=IGNORE_INDEX, reduction="none") * w).mean()
         step.mixed, step.mixed_target, step.teacher_logits = out, ~source, teacher_logits
+        step.pseudo = pseudo, weight
         return {"st": loss}
 
     @torch.no_grad()

@@ -23,13 +23,14 @@ from cosalign.methods.base import Term
 from cosalign.methods.batchnorm import TargetBatchNorm
 from cosalign.methods.entropy import Entropy
 from cosalign.methods.feature_distance import FeatureDistance
+from cosalign.methods.masked_consistency import MaskedConsistency
 from cosalign.methods.self_training import SelfTraining
 
 # every part, in the order the step runs them (the order of the summed losses too);
-# self-training first: the alignment may read its mixed pass
-TERMS: dict[str, type[Term]] = {t.name: t for t in (SelfTraining, FeatureDistance, Entropy,
-                                                    CosineAlignment, Adversarial,
-                                                    TargetBatchNorm)}
+# self-training first: the alignment may read its mixed pass, MIC its pseudo-labels
+TERMS: dict[str, type[Term]] = {t.name: t for t in (SelfTraining, MaskedConsistency,
+                                                    FeatureDistance, Entropy, CosineAlignment,
+                                                    Adversarial, TargetBatchNorm)}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ register_method("dacs", ("self_training",), {"st": 1.0},
 register_method("ours_dacs", ("self_training", "alignment"), {"st": 1.0, "cos": None},
                 about="the cosine alignment on top of self-training",
                 optional=("feature_distance",))
+register_method("mic", ("self_training", "masked_consistency"), {"st": 1.0, "mic": 1.0},
+                about="self-training with MIC's masked image consistency",
+                optional=("feature_distance",))
+register_method("ours_mic", ("self_training", "masked_consistency", "alignment"),
+                {"st": 1.0, "mic": 1.0, "cos": None},
+                about="the cosine alignment on top of MIC", optional=("feature_distance",))
 
 
 def method_weights(name: str) -> dict[str, float | bool]:
