@@ -3,6 +3,7 @@ ours + DACS), in one run.
 
     .venv/bin/python benchmarks/step_bench.py            # MiniCity scale and ResNet-101 scale
     .venv/bin/python benchmarks/step_bench.py --quick    # MiniCity scale only
+    .venv/bin/python benchmarks/step_bench.py --transformer [--paper]   # MiT: DACS, MIC, ours
 
 Every step is the real ``train_step`` on random tensors of the benchmark's shapes (no data
 loading), methods interleaved round-robin so that machine noise hits them alike; the median of
@@ -15,6 +16,11 @@ method that adapts through the target features pays before its loss; ours/floor 
 the cosine loss and the dictionary. DACS adds a teacher forward on the target batch and a
 student forward and backward on the mixed batch (the size of the target batch); ours + DACS
 adds the alignment's pass over the clean target batch to that (``selftrain.align_on=clean``).
+
+``--transformer``: the MiT network with DAFormer's head and AdamW, source-only, DACS, MIC (one
+more student pass on the masked target batch) and ours + MIC (the alignment on the mixed
+batch's stride-4 features, no extra pass), at MiniCity scale (MiT-B0, 8 + 8 images) and with
+``--paper`` at DAFormer's (MiT-B5, 2 + 2 crops of 512x512: a GPU's size).
 """
 
 from __future__ import annotations
@@ -42,6 +48,13 @@ SCALES = {
 }
 
 
+TRANSFORMER = {
+    "MiniCity, MiT-B0 + DAFormer head (8+8 images, 108x192 / 96x192)": (
+        "minicity", ["model.arch=mit_b0", "loss.aux=0", "optim.name=adamw", "loss.cos=0.1"],
+        (108, 192), (96, 192)),
+    "DAFormer, MiT-B5 + DAFormer head (2+2 crops, 512x512)": (
+        "gta5_to_cityscapes_daformer", ["model.weights=null"], (512, 512), (512, 512)),
+}
 FLOOR = "source-only + target forward/backward, no loss"
 
 
@@ -96,12 +109,61 @@ def bench(preset: str, overrides: list[str], size_s, size_t, qs, repeat: int) ->
              sec / med["DACS"]) for name, sec in med.items()]
 
 
+def bench_transformer(preset: str, overrides: list[str], size_s, size_t,
+                      repeat: int) -> list[tuple]:
+    """(method, s / step, / source-only, / DACS, / MIC) of the transformer's methods."""
+    base = load_config(preset, overrides)
+    device = torch.device("cpu")
+    b = base.data.batch_size
+    x_s, x_t = torch.randn(b, 3, *size_s), torch.randn(b, 3, *size_t)
+    y_s = torch.randint(0, 19, (b, *size_s))
+    names = {"source-only": "source_only", "DACS": "dacs", "MIC": "mic", "ours + MIC": "ours_mic"}
+    state = {}
+    for name, method in names.items():
+        cfg = apply_method(copy.deepcopy(base), method)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 19).to(device).train()
+        d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
+                                   cfg.dictionary.per_image)
+        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.dictionary.capacity,
+                                                         model.feature_dim), dim=1),
+               torch.arange(19).repeat_interleave(cfg.dictionary.capacity))
+        opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
+        state[name] = (build_terms(cfg, 19, device, model), model, d, opt,
+                       autocast_for(cfg.train.amp, device))
+    times = {name: [] for name in state}
+    for it in range(repeat + 1):
+        for name, (parts, model, d, opt, ac) in state.items():
+            t0 = time.perf_counter()
+            train_step(model, {"image": x_s, "label": y_s}, {"image": x_t}, 10**6, parts, d,
+                       opt, aux=0.0, autocast=ac)
+            if it > 0:
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return [(name, sec, sec / med["source-only"], sec / med["DACS"], sec / med["MIC"])
+            for name, sec in med.items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--transformer", action="store_true", help="the MiT network's methods")
+    p.add_argument("--paper", action="store_true", help="with --transformer: DAFormer's size too")
     args = p.parse_args()
     print(f"# step_bench: {torch.get_num_threads()} threads, torch {torch.__version__}")
+    if args.transformer:
+        for title, (preset, overrides, size_s, size_t) in TRANSFORMER.items():
+            if preset != "minicity" and not args.paper:
+                continue
+            print(f"\n## {title}\n\n| method | s / step | / source-only | / DACS | / MIC |\n"
+                  "|---|---|---|---|---|")
+            repeat = args.repeat if preset == "minicity" else max(2, args.repeat // 4)
+            for name, sec, r_so, r_st, r_mic in bench_transformer(preset, overrides, size_s,
+                                                                   size_t, repeat):
+                print(f"| {name} | {sec:.3f} | {r_so:.2f}x | {r_st:.2f}x | {r_mic:.2f}x |",
+                      flush=True)
+        return
     for title, (preset, overrides, size_s, size_t) in SCALES.items():
         if args.quick and not preset == "minicity":
             continue
