@@ -129,8 +129,10 @@ def load_model_state(model: torch.nn.Module, weights: dict, path: Path, expected
 def describe_model(cfg) -> str:
     """" (the run's model: model.depth=101, model.width=1, 19 classes)": what a checkpoint is
     compared to."""
-    return (f" (the run's model: model.depth={cfg.model.depth}, model.width={cfg.model.width:g}, "
-            f"{class_set_of(cfg).num_classes} classes of {cfg.data.class_set})")
+    m, classes = cfg.model, f"{class_set_of(cfg).num_classes} classes of {cfg.data.class_set}"
+    if m.arch != "deeplabv2":
+        return f" (the run's model: model.arch={m.arch}, model.head={m.head}, {classes})"
+    return f" (the run's model: model.depth={m.depth}, model.width={m.width:g}, {classes})"
 
 
 def saved_class_set(state: dict) -> ClassSet:
