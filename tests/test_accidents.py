@@ -52,6 +52,16 @@ def _no_temporary_files(folder):
     assert not [p for p in folder.rglob("*.tmp")], list(folder.rglob("*.tmp"))
 
 
+def _resumes_to_the_straight_run(run, straight, monkeypatch):
+    """No temporary file left; without the test's patches the resume finishes as the
+    uninterrupted run, weights bit for bit, each iteration logged once."""
+    _no_temporary_files(run)
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    _same_weights(run, straight)
+    assert _logged(run) == _logged(straight)
+
+
 @pytest.fixture(scope="module")
 def _short(tiny_minicity):
     return minicity_config(tiny_minicity, [*TINY_OVERRIDES, "train.deterministic=true",
@@ -197,11 +207,7 @@ def test_ctrl_c_stops_after_the_step_with_its_checkpoint_and_resumes_exactly(
     assert f"wrote {run / 'ckpt_0000006.pt'}" in err
     assert f"`cosalign train --resume {run}` continues it" in err
     assert load_checkpoint(list_checkpoints(run)[-1])["iteration"] == 6
-    _no_temporary_files(run)
-    monkeypatch.undo()
-    assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    _same_weights(run, straight)
-    assert _logged(run) == _logged(straight)
+    _resumes_to_the_straight_run(run, straight, monkeypatch)
 
 
 @needs_main_thread
@@ -216,11 +222,7 @@ def test_a_second_ctrl_c_stops_at_once_with_the_run_intact(short, straight, tmp_
     assert_one_line(got, err, "stopped at once by Ctrl-C (SIGINT)", expected=130)
     assert f"intact: {run / 'ckpt_0000004.pt'} (iteration 4)" in err
     assert [p.name for p in list_checkpoints(run)] == ["ckpt_0000004.pt"]
-    _no_temporary_files(run)
-    monkeypatch.undo()
-    assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    _same_weights(run, straight)
-    assert _logged(run) == _logged(straight)
+    _resumes_to_the_straight_run(run, straight, monkeypatch)
 
 
 @needs_main_thread

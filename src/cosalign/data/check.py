@@ -14,6 +14,7 @@ bad tree before its first iteration at no cost the second time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -310,10 +311,8 @@ def require_usable(domain: DomainConfig, class_set: ClassSet, progress: bool = T
     key = _signature(domain, labels, class_set)
     cache = CACHE_DIR / "checks" / f"{key}.json"
     if key is not None and cache.is_file():
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # unreadable: check again
             return _summary(domain, json.loads(cache.read_text()).get("warnings", []), shown)
-        except (OSError, ValueError, AttributeError):
-            pass  # unreadable: check again
     report = check_dataset(domain.root, domain.dataset, domain.split, domain.list_file,
                            progress, labels, class_set=class_set, conditions=domain.conditions,
                            image_suffix=domain.image_suffix, label_suffix=domain.label_suffix,
