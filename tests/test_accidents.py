@@ -416,3 +416,18 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_naming_what_is_intact(
     _no_temporary_files(after)
     assert main(["train", "--resume", str(after), "--quiet"]) == 0
     _same_weights(after, straight)
+
+
+def test_an_unexpected_os_error_of_these_kinds_is_one_line(monkeypatch, capsys):
+    """The command line's last catch: an OSError of a full disk or a permission raised where
+    no part of cosalign turned it into its own error."""
+    import cosalign.cli as cli
+
+    for code, said in ((errno.ENOSPC, "x.json: cannot write: no space left"),
+                       (errno.EACCES, "x.json: cannot access: permission denied")):
+        def fail(args, code=code):
+            raise OSError(code, os.strerror(code), "x.json")
+
+        monkeypatch.setattr(cli, "cmd_report", fail)
+        got, err = run_cli(["report", "somewhere"], capsys)
+        assert_one_line(got, err, said)

@@ -437,6 +437,7 @@ def _raise_stopped(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import errno
     import signal
     import threading
 
@@ -463,10 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped by Ctrl-C (SIGINT): cosalign {args.command} did not finish",
               file=sys.stderr)
         return 130
-    except OSError as e:  # a write that no part of cosalign expected to fail
+    except OSError as e:  # a file no part of cosalign expected to fail on
         if e.errno not in WRITE_ERRORS:
             raise
-        print(f"error: {e.filename or 'a file'}: cannot write: {WRITE_ERRORS[e.errno]}",
+        # a permission may be a read's; a full disk, a quota or a read-only one is a write's
+        what = "cannot access" if e.errno in (errno.EACCES, errno.EPERM) else "cannot write"
+        print(f"error: {e.filename or 'a file'}: {what}: {WRITE_ERRORS[e.errno]}",
               file=sys.stderr)
         return 2
     finally:
