@@ -60,3 +60,12 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_dataset_list_sits_below_config_and_data():
+    """config validates domains with data (inside a function) and data dispatches on the
+    dataset names: the names live in a module both import, so data imports no config."""
+    graph = imports()
+    assert "cosalign.config" not in graph["cosalign.data"]
+    assert "cosalign.datasets" in graph["cosalign.config"]
+    assert "cosalign.datasets" in graph["cosalign.data"]

@@ -224,3 +224,18 @@ def test_target_bn_control_moves_only_batchnorm_statistics(tiny_config, device):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     stats = [k for k in a if k.endswith("running_mean")]
     assert stats and all(not torch.equal(a[k], b[k]) for k in stats)
+
+
+def test_a_run_loads_its_class_set_once(tiny_config, tmp_path, monkeypatch):
+    """Not once per checkpoint or evaluation (a file set is read from disk each time)."""
+    import copy
+
+    import cosalign.engine.train as loop
+
+    calls = []
+    real = loop.class_set_of
+    monkeypatch.setattr(loop, "class_set_of", lambda cfg: calls.append(1) or real(cfg))
+    cfg = copy.deepcopy(tiny_config)
+    cfg.train.checkpoint_every, cfg.train.eval_every = 1, 2
+    loop.train(cfg, tmp_path / "run", progress=False)
+    assert len(calls) == 1

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from cosalign.datasets import DATASETS
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
-DATASETS = ("gta5", "synthia", "cityscapes", "acdc", "darkzurich", "folder")
 NORMALIZATIONS = ("caffe", "imagenet")
 INTERPOLATIONS = ("bilinear", "bicubic")
 FEATURE_LAYERS = ("layer4", "layer4_pre", "layer3")

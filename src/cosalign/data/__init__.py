@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cosalign.config import DATASETS  # noqa: E402  (declared next to the config field)
 from cosalign.data.adverse import CONDITIONS, adverse_pairs
 from cosalign.data.cityscapes import cityscapes_pairs, read_cityscapes_label
 from cosalign.data.classes import ClassSet, ClassSetError, load_class_set
@@ -16,6 +15,7 @@ from cosalign.data.gta5 import gta5_pairs, read_gta5_label
 from cosalign.data.labels import CLASS_NAMES, map_ids
 from cosalign.data.synthia import read_synthia_label, synthia_pairs
 from cosalign.data.transforms import JointTransform
+from cosalign.datasets import DATASETS
 
 READERS = {"gta5": read_gta5_label, "synthia": read_synthia_label,
            "cityscapes": read_cityscapes_label, "acdc": read_cityscapes_label,

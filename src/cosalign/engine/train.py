@@ -29,6 +29,7 @@ from tqdm import tqdm
 from cosalign.config import Config, class_set_of, from_dict, to_dict, validate
 from cosalign.data import InfiniteSampler, build_dataset
 from cosalign.data.check import require_usable
+from cosalign.data.classes import ClassSet
 from cosalign.data.labels import IGNORE_INDEX
 from cosalign.data.rcs import RareClassSampler, class_pixel_counts
 from cosalign.data.transforms import denormalize
@@ -192,16 +193,17 @@ def _log_predictions(logger: Logger, model, val, it: int, device, colorize,
     model.train(was_training)
 
 
-def _state(it, model, dictionary, opt, terms, scaler, cfg, amp: str, machine: str) -> dict:
+def _state(it, model, dictionary, opt, terms, scaler, cfg, classes: ClassSet, amp: str,
+           machine: str) -> dict:
     """A checkpoint; ``amp`` is the precision ``train.amp`` resolved to on ``machine``
-    (engine/precision.py), recorded with it."""
+    (engine/precision.py), recorded with it, and ``classes`` the run's class set."""
     return {
         "iteration": it, "config": to_dict(cfg), "precision": precision_name(amp),
         "machine": machine, "model": model.state_dict(),
         "dictionary": dictionary.state_dict(), "optimizer": optimizer_state(opt, model),
         "terms": {t.name: t.state_dict() for t in terms if t.state_dict()},
         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng_state(),
-        "class_set": class_set_of(cfg).to_dict(),
+        "class_set": classes.to_dict(),
     }
 
 
@@ -352,7 +354,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     end = t.iters if stop_at is None else min(stop_at, t.iters)
     if 0 < start < end and t.eval_every and start % t.eval_every == 0 \
             and not _eval_logged(run_dir, start):  # a stop came during this evaluation
-        _evaluate(model, val, device, dictionary, cfg, logger, start, progress)
+        _evaluate(model, val, device, dictionary, cfg, classes, logger, start, progress)
     bar = tqdm(range(start, end), initial=start, total=t.iters, desc=run_dir.name,
                disable=not (progress and main), dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -381,8 +383,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
         # checkpoint holds; the resume evaluates)
         if signum is None and ((t.eval_every and (it + 1) % t.eval_every == 0) or last):
             try:
-                results = _evaluate(model, val, device, dictionary, cfg, logger, it + 1,
-                                    progress)
+                results = _evaluate(model, val, device, dictionary, cfg, classes, logger,
+                                    it + 1, progress)
             except Stopped as e:
                 signum = e.signum
         saving = (it + 1) % t.checkpoint_every == 0 or it + 1 == end or signum is not None
@@ -392,8 +394,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
                     _check_weights(it + 1, model, terms)
                 except NonFiniteLoss as e:
                     raise _diverged(e, run_dir, history, cfg, logger) from None
-                save_checkpoint(_state(it + 1, model, dictionary, opt, terms, scaler, cfg, amp,
-                                       machine), run_dir, it + 1, t.keep_checkpoints)
+                save_checkpoint(_state(it + 1, model, dictionary, opt, terms, scaler, cfg,
+                                       classes, amp, machine), run_dir, it + 1,
+                                t.keep_checkpoints)
         if signum is not None:
             if distributed.world_size() > 1:  # every rank leaves after rank 0's checkpoint
                 torch.distributed.barrier()
@@ -408,7 +411,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
         logger.close()
         return None
     if start >= t.iters:  # nothing left to train: the final evaluation, logged if it is not
-        results = _evaluate(model, val, device, dictionary, cfg,
+        results = _evaluate(model, val, device, dictionary, cfg, classes,
                             None if _eval_logged(run_dir, start) else logger, start, progress)
     logger.close()
     return results
@@ -418,18 +421,18 @@ def _eval_logged(run_dir: Path, it: int) -> bool:
     return any(r["kind"] == "eval" and r["iter"] == it for r in read_metrics(run_dir))
 
 
-def _evaluate(model, val, device, dictionary, cfg: Config, logger: Logger | None, it: int,
-              progress: bool) -> dict:
+def _evaluate(model, val, device, dictionary, cfg: Config, classes: ClassSet,
+              logger: Logger | None, it: int, progress: bool) -> dict:
     """Evaluate on ``val``, log it (unless ``logger`` is None) and print the headline mIoU."""
     subsets = [cfg.data.classes, *cfg.data.extra_classes]
     main = distributed.is_main()
     results = evaluate(model, val, device, dictionary=dictionary, tau=cfg.align.tau,
                        subsets=subsets, progress=progress and main,
-                       class_set=class_set_of(cfg))
+                       class_set=classes)
     if logger is not None:
         logger.log(it, "eval", {k: v for k, v in results.items() if k != "confusion"})
         if logger.tb is not None:
-            _log_predictions(logger, model, val, it, device, class_set_of(cfg).colorize)
+            _log_predictions(logger, model, val, it, device, classes.colorize)
     if main:
         tqdm.write(f"iter {it}: mIoU ({subsets[0]}) {results['miou'][subsets[0]]:.2f}")
     return results
