@@ -25,6 +25,7 @@ from cosalign.engine import distributed
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+AGREE_EVERY = 10  # steps between the ranks' agreements on a stop (torchrun)
 
 
 class Stopped(KeyboardInterrupt):
@@ -64,11 +65,15 @@ class StopSignals:
         finally:
             self._defer -= 1
 
-    def agreed(self, device: torch.device) -> int | None:
-        """The signal every rank acts on after this step: this process's, or under torchrun
-        any rank's (one all-reduce, so that all ranks stop after the same step)."""
+    def agreed(self, device: torch.device, it: int) -> int | None:
+        """The signal to act on after step ``it``: this process's at once; under torchrun any
+        rank's, agreed by one all-reduce every :data:`AGREE_EVERY` steps (reading it waits for
+        the GPU, which the loop otherwise does only when it logs), so that all ranks stop after
+        the same step."""
         if distributed.world_size() == 1:
             return self.requested
+        if (it + 1) % AGREE_EVERY:
+            return None
         flag = torch.tensor([self.requested or 0], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item()) or None

@@ -370,13 +370,14 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
             except NonFiniteLoss as e:
                 raise _diverged(e, run_dir, history, cfg, logger) from None
             history.add(values["seg"])
-            if diagnose:  # the only place the loop waits for the GPU to read numbers
+            if diagnose:  # where the loop waits for the GPU to read numbers (and, under
+                # torchrun, stop.agreed every 10 steps)
                 values = as_floats(values)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()
                                  if k in ("seg", "cos", "ent", "adv")})
                 logger.log(it + 1, "train", {"lr": lr, "sec": time.perf_counter() - t0,
                                              **values})
-            signum = stop.agreed(device)
+            signum = stop.agreed(device, it)
         last = it + 1 == t.iters
         # the evaluation is logged before the checkpoint is written: a run resumed from a
         # checkpoint has every line up to it. A signal abandons it (it changes nothing the
