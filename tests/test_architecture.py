@@ -69,3 +69,15 @@ def test_the_dataset_list_sits_below_config_and_data():
     assert "cosalign.config" not in graph["cosalign.data"]
     assert "cosalign.datasets" in graph["cosalign.config"]
     assert "cosalign.datasets" in graph["cosalign.data"]
+
+
+def test_methods_and_losses_import_nothing_from_engine():
+    """engine/train.py runs the methods, so the methods (and what they use) sit below engine/:
+    the upsampling, the schedule and the diagnostics live in models/, schedule.py, losses/."""
+    graph = imports()
+    below = [m for m in graph if m.startswith(("cosalign.methods", "cosalign.losses",
+                                               "cosalign.models", "cosalign.data"))]
+    assert len(below) > 10
+    for m in below:
+        up = sorted(d for d in graph[m] if d.startswith("cosalign.engine"))
+        assert not up, f"{m} imports {up}"

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosalign.engine.diagnostics import PremiseMeter, feature_stats
+from cosalign.losses.diagnostics import PremiseMeter, feature_stats
 
 
 def test_feature_stats_equal_numpy(device):

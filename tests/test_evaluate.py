@@ -11,7 +11,7 @@ from cosalign.engine.evaluate import (
     per_class_iou,
     summarize,
 )
-from cosalign.engine.upsample import upsample_logits
+from cosalign.models.upsample import upsample_logits
 
 
 @pytest.mark.parametrize("case", ["uint8", "int64", "negative ignore", "large ids"])

@@ -38,8 +38,8 @@ from cosalign.engine.evaluate import format_table
 from cosalign.engine.precision import resolve_amp
 from cosalign.engine.stop import Stopped
 from cosalign.engine.train import train
-from cosalign.engine.upsample import upsample_logits
 from cosalign.minicity import MiniCitySpec, content_hash, make_minicity, minicity_config
+from cosalign.models.upsample import upsample_logits
 from cosalign.outputs import claim, remove_run_files, write_text
 from cosalign.runlock import run_lock
 from cosalign.viz import comparison_figure

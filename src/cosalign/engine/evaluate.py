@@ -26,10 +26,10 @@ from cosalign.data import build_dataset
 from cosalign.data.classes import ClassSet, load_class_set
 from cosalign.engine import distributed
 from cosalign.engine.checkpoint import load_trained
-from cosalign.engine.diagnostics import PremiseMeter
 from cosalign.engine.inference import save_prediction
 from cosalign.engine.tta import TTA
-from cosalign.engine.upsample import upsample_logits
+from cosalign.losses.diagnostics import PremiseMeter
+from cosalign.models.upsample import upsample_logits
 from cosalign.outputs import writable_dir, writable_file, write_text
 
 CITYSCAPES = load_class_set("cityscapes")

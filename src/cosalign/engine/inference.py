@@ -15,7 +15,7 @@ from cosalign.data.labels import colorize
 from cosalign.data.transforms import normalize, resize_pair
 from cosalign.engine.checkpoint import load_trained
 from cosalign.engine.tta import TTA
-from cosalign.engine.upsample import upsample_logits
+from cosalign.models.upsample import upsample_logits
 from cosalign.outputs import OutputError, writable_dir
 from cosalign.viz import overlay, save_png, save_rgb
 

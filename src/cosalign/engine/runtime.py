@@ -1,5 +1,5 @@
-"""Runtime helpers of every training loop (cosalign train, cosalign pretrain): the learning-rate
-schedule, seeding, deterministic kernels, autocast, the allocator's settings."""
+"""Runtime helpers of every training loop (cosalign train, cosalign pretrain): seeding,
+deterministic kernels, autocast, the allocator's settings."""
 
 from __future__ import annotations
 
@@ -15,14 +15,6 @@ import torch
 
 from cosalign.config import ConfigError
 from cosalign.engine.precision import resolve_amp
-
-
-def poly_lr(base: float, it: int, total: int, power: float, warmup: int = 0) -> float:
-    """base * (1 - it / total) ** power, 0 after ``total``; during the first ``warmup``
-    iterations a linear ramp from 1e-6 x base instead (DAFormer's warm-up)."""
-    if it < warmup:
-        return base * (1e-6 + (1 - 1e-6) * it / warmup)
-    return base * max(0.0, 1.0 - it / total) ** power
 
 
 def seed_everything(seed: int) -> None:

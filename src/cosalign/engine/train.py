@@ -54,18 +54,18 @@ from cosalign.engine.precision import precision_name, resolve_amp, signature
 from cosalign.engine.runtime import (
     autocast_for,
     deterministic_mode,
-    poly_lr,
     retain_freed_memory,
     seed_everything,
 )
 from cosalign.engine.stop import NAMES, Stopped, StopSignals, ignore_in_worker, stop_signals
-from cosalign.engine.upsample import upsample_logits
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.methods import Step, Term, build_terms
 from cosalign.models import build_model
+from cosalign.models.upsample import upsample_logits
 from cosalign.models.weights import load_weights
 from cosalign.outputs import WriteError, write_text
 from cosalign.runlock import run_lock
+from cosalign.schedule import poly_lr
 
 
 class NonFiniteLoss(RuntimeError):

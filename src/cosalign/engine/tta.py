@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cosalign.engine.upsample import upsample_logits
+from cosalign.models.upsample import upsample_logits
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cosalign.config import Config
-from cosalign.engine.runtime import poly_lr
 from cosalign.losses import self_information
 from cosalign.methods.base import Step, Term
 from cosalign.models import Discriminator
+from cosalign.schedule import poly_lr
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
 HEADS = {"adv": "logits", "adv_aux": "aux"}

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cosalign.config import Config
-from cosalign.engine.diagnostics import feature_stats
 from cosalign.losses import cosine_alignment, labelled_features
+from cosalign.losses.diagnostics import feature_stats
 from cosalign.methods.base import Step, Term
 
 MATMUL_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}  # align.matmul

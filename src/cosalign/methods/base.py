@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from cosalign.config import Config, LossConfig
-from cosalign.engine.upsample import upsample_logits
+from cosalign.models.upsample import upsample_logits
 
 
 @dataclass

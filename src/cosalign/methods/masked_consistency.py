@@ -21,9 +21,9 @@ from torch import Tensor
 
 from cosalign.config import Config
 from cosalign.data.labels import IGNORE_INDEX
-from cosalign.engine.upsample import upsample_logits
 from cosalign.methods.base import Step, Term
 from cosalign.methods.mixing import colour_jitter, from_unit_rgb, gaussian_blur, to_unit_rgb
+from cosalign.models.upsample import upsample_logits
 
 
 def patch_mask(batch: int, height: int, width: int, patch: int, ratio: float,

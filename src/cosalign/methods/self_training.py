@@ -26,7 +26,6 @@ from torch import Tensor
 
 from cosalign.config import Config
 from cosalign.data.labels import IGNORE_INDEX
-from cosalign.engine.upsample import upsample_logits
 from cosalign.methods.base import Step, Term
 from cosalign.methods.mixing import (
     class_mix_masks,
@@ -36,6 +35,7 @@ from cosalign.methods.mixing import (
     random_crop_like,
     to_unit_rgb,
 )
+from cosalign.models.upsample import upsample_logits
 
 
 class SelfTraining(Term):
