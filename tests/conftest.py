@@ -99,6 +99,8 @@ def tiny_minicity(tmp_path_factory):
 
 TINY_OVERRIDES = [
     "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
+    # the preset's protocol: random crops of the resized images
+    "data.source.crop=[64, 32]", "data.target.crop=[64, 32]",
     "data.batch_size=2", "model.width=0.125", "train.iters=6", "optim.schedule_iters=6",
     "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=3",
     "dictionary.capacity=8", "loss.cos=0.1", "align.tau=0.0", "align.start_iter=0",

@@ -2,6 +2,7 @@
 method, overrides and base load as a config, run names are unique, and the report tables
 select the runs they name."""
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,7 +30,10 @@ def all_experiments(ablation) -> dict:
     for steps in ablation.PLAN.values():
         for _, experiments in steps:
             for name, exp in experiments.items():
-                assert name not in out or out[name] == exp, f"{name} defined twice, differently"
+                # a name is one experiment; its seeds may be spread over steps
+                same = name not in out or dataclasses.replace(out[name], seeds=()) == \
+                    dataclasses.replace(exp, seeds=())
+                assert same, f"{name} defined twice, differently"
                 out[name] = exp
     out.update(ablation.sweep({"q50": 0.4, "q90": 0.6}))
     return out

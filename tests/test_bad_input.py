@@ -114,6 +114,7 @@ def trained(tmp_path_factory, tiny_minicity):
 
     cfg = minicity_config(tiny_minicity, [
         "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
+        "data.source.crop=[64, 32]", "data.target.crop=[64, 32]",
         "model.width=0.125", "train.iters=1", "optim.schedule_iters=1", "train.log_every=1",
         "dictionary.capacity=8", f"train.device={TEST_DEVICE}"])
     run = tmp_path_factory.mktemp("bad_input") / "run"

@@ -13,6 +13,7 @@ from tests.conftest import TEST_DEVICE, TINY
 def test_demo_writes_table_results_and_figure(tiny_minicity, tmp_path, capsys):
     summary = run_demo(tiny_minicity, tmp_path / "demo", spec=TINY, progress=False, overrides=[
         "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
+        "data.source.crop=[64, 32]", "data.target.crop=[64, 32]",
         "data.batch_size=2", "train.iters=6", "optim.schedule_iters=6",
         "align.start_iter=3", "dictionary.capacity=8", "train.log_every=1",
         f"train.device={TEST_DEVICE}"])
@@ -43,6 +44,7 @@ def test_demo_runs_other_methods_and_refuses_a_bad_list(tiny_minicity, tmp_path,
     summary = run_demo(tiny_minicity, tmp_path / "st", spec=TINY, progress=False,
                        methods=("source_only", "dacs", "ours_dacs"), overrides=[
         "data.source.size=[64, 36]", "data.target.size=[64, 32]", "data.val.size=[64, 32]",
+        "data.source.crop=[64, 32]", "data.target.crop=[64, 32]",
         "data.batch_size=2", "train.iters=6", "optim.schedule_iters=6", "align.start_iter=3",
         "dictionary.capacity=8", f"train.device={TEST_DEVICE}"])
     out = capsys.readouterr().out

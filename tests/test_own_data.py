@@ -175,6 +175,7 @@ def small_cfg():
             "train.checkpoint_every=2", "dictionary.capacity=8", "loss.cos=0.1",
             "align.tau=0.0", "align.start_iter=0", f"train.device={TEST_DEVICE}",
             "data.source.size=[48, 24]", "data.target.size=[48, 24]", "data.val.size=[48, 24]",
+            "data.source.crop=null", "data.target.crop=null",
             "data.source.list_file=null", *overrides])
     return make
 

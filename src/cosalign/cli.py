@@ -181,15 +181,6 @@ def cmd_pretrain(args) -> int:
 
     spec = PretrainSpec(images=args.images, iters=args.iters, batch_size=args.batch_size,
                         seed=args.seed)
-    import torch
-
-    from cosalign.engine.precision import SLOWDOWN, device_kind, native_bf16
-
-    cpu = torch.device("cpu")
-    if not native_bf16(cpu):  # its bf16 is the shipped file's recipe, part of its hash
-        print(f"note: pretraining computes in bf16 autocast (the recipe of the shipped weights), "
-              f"which {device_kind(cpu)} emulates: expect it {SLOWDOWN} slower than on a CPU "
-              "with AMX or AVX512-BF16")
     from cosalign.runlock import run_lock
 
     with run_lock(args.out, not args.no_lock):

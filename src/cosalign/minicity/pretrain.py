@@ -7,6 +7,7 @@ under a random appearance per image (minicity/randomized.py: random colours, noi
 lighting; never the target's photographs, fog or dusk), then keeps the backbone only. Training
 on MiniCity then starts from features that already separate things, as with ImageNet, while the
 heads start from scratch. docs/METHOD.md section 9 says why this design and what it leaves out.
+It computes in fp32 on every machine, so one recipe makes the file whatever the CPU.
 
 The weights file is cached by the hash of everything that made it (the spec, and the text of
 the scene, rendering, set, model and this file): an identical call returns at once. The
@@ -29,17 +30,18 @@ from tqdm import tqdm
 from cosalign.data.transforms import normalize
 from cosalign.engine.checkpoint import save_atomic
 from cosalign.engine.evaluate import confusion_matrix, mean_iou, per_class_iou
-from cosalign.engine.runtime import poly_lr
-from cosalign.engine.upsample import upsample_logits
 from cosalign.minicity.cache import code_hash
 from cosalign.minicity.randomized import MATERIALS, render_set
 from cosalign.models import DeepLabV2
+from cosalign.models.upsample import upsample_logits
 from cosalign.models.weights import BUNDLED
+from cosalign.outputs import write_text
+from cosalign.schedule import poly_lr
 
 FORMAT_VERSION = 1
 SOURCES = ("minicity/scene.py", "minicity/render.py", "minicity/styles.py",
            "minicity/randomized.py", "minicity/pool.py", "minicity/cache.py", "models/resnet.py",
-           "models/deeplab.py", "minicity/pretrain.py")
+           "models/deeplab.py", "models/upsample.py", "schedule.py", "minicity/pretrain.py")
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,7 @@ def pretrain(out: str | Path, spec: PretrainSpec = PretrainSpec(), workers: int 
             g["lr"] = poly_lr(spec.lr, it, spec.iters, 0.9) * g["lr_mult"]
         idx = rng.integers(0, n_train, spec.batch_size)
         x, y = _batch(images, labels, idx, rng.random(spec.batch_size) < 0.5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            o = model(x)
+        o = model(x)  # fp32: the same recipe on every CPU (no native bf16 on most)
         loss = (F.cross_entropy(upsample_logits(o.logits, y.shape[-2:]), y)
                 + 0.1 * F.cross_entropy(upsample_logits(o.aux, y.shape[-2:]), y))
         if not torch.isfinite(loss):
@@ -141,6 +142,6 @@ def pretrain(out: str | Path, spec: PretrainSpec = PretrainSpec(), workers: int 
             "torch": str(torch.__version__), "numpy": np.__version__}
     backbone = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     save_atomic({"model": backbone, "pretrain": meta}, weights)
-    (out / "pretrain.json").write_text(json.dumps(meta, indent=1))
+    write_text(out / "pretrain.json", json.dumps(meta, indent=1))
     print(f"{weights}: held-out material mIoU {miou:.1f} ({meta['seconds'] / 60:.1f} min)")
     return weights

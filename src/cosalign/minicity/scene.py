@@ -138,7 +138,7 @@ def _street_furniture(rng, cam: Camera, side: int, curb: float, outer: float,
     for z in np.cumsum(rng.uniform(6, 25, size=12)) + rng.uniform(1, 6):
         if z > 120:
             break
-        if rng.random() < 0.5:  # tree: trunk and crown are both vegetation
+        if rng.random() < 0.35:  # tree: trunk and crown are both vegetation
             x = outer - side * rng.uniform(0.5, 1.5)
             r, top = rng.uniform(1.2, 3.0), rng.uniform(4, 9)
             out.append(Surface(_box_z(cam, z, x - 0.15, x + 0.15, 0, top - r), VEGETATION, "trunk",
@@ -147,10 +147,12 @@ def _street_furniture(rng, cam: Camera, side: int, curb: float, outer: float,
                                "foliage", z - 0.01, ("z", z), _tint(rng, 0.15)))
         else:  # pole, maybe with a sign
             x, top = curb + side * rng.uniform(0.3, 0.8), rng.uniform(3.5, 8)
-            box = _box_z(cam, z, x - 0.08, x + 0.08, 0, top)
+            # 1.1 m wide, not a real pole's 0.2 m: at MiniCity's output stride 8 a pole must
+            # cover feature cells to be learnable at all (MiniCity v2, docs/METHOD.md section 9)
+            box = _box_z(cam, z, x - 0.55, x + 0.55, 0, top)
             out.append(Surface(box, POLE, "pole", z, ("z", z)))
             if rng.random() < 0.6:
-                y, w = rng.uniform(2.2, 3.2), rng.uniform(0.5, 0.9)
+                y, w = rng.uniform(2.0, 3.0), rng.uniform(1.6, 2.6)
                 box = _box_z(cam, z - 0.05, x - w / 2, x + w / 2, y, y + w * 0.8)
                 out.append(Surface(box, SIGN, "sign", z - 0.05, ("z", z), _tint(rng, 0.2)))
     return out
@@ -180,12 +182,13 @@ def _cars(rng, cam: Camera, left: float, right: float, lane_w: float) -> list[Su
 
 def _people(rng, cam: Camera, left: float, right: float) -> list[Surface]:
     out = []
-    for _ in range(int(rng.integers(0, 7))):
+    # v2: 2-8 people, no farther than 20 m, so that person covers feature cells too
+    for _ in range(int(rng.integers(2, 9))):
         side = rng.choice([-1, 1])
         x = (left if side < 0 else right) + side * rng.uniform(0.5, 3.0)
         if rng.random() < 0.15:  # crossing the street
             x = rng.uniform(left, right)
-        z, h = rng.uniform(4, 50), rng.uniform(1.55, 1.95)
+        z, h = rng.uniform(3, 20), rng.uniform(1.55, 1.95)
         cloth = _tint(rng, 0.5)
         out.append(Surface(_box_z(cam, z, x - 0.2, x - 0.03, 0, h * 0.48), PERSON, "cloth", z,
                            ("z", z), cloth * 0.7))
