@@ -32,10 +32,12 @@ NAMES = ("source-only", "BatchNorm control", "ours")
 KEPT = ("miou", "gain", "gain_over_control", "class_subset", "iou", "minicity_content_sha256",
         "environment", "precision")
 # mIoU a run may move by on a machine without a record: twice the sample standard deviation
-# over seeds 1-5 of each method in the demo's regime (docs/results/minicity.md, regime (c):
-# source-only 40.8 +- 0.6, the BatchNorm control 41.6 +- 0.4, ours 42.4 +- 0.4). Measured
-# across machines: AVX2/fp32 against AMX/bf16 moved the three by 0.11, 0.02 and 0.07.
-TOLERANCE = {"source-only": 1.2, "BatchNorm control": 0.8, "ours": 0.8}
+# over seeds 1-5 of each method in the demo's regime, rounded up (docs/results/minicity.md,
+# MiniCity v2, regime (c): source-only 50.4 +- 2.3, the BatchNorm control 52.7 +- 3.0, ours
+# 53.4 +- 3.2). Loose: on v2 a seed moves a run by far more than a CPU kind moved one on v1
+# (AVX2/fp32 against AMX/bf16 moved the three v1 demo runs by 0.11, 0.02 and 0.07); v2's
+# cross-machine moves are not measured yet.
+TOLERANCE = {"source-only": 4.7, "BatchNorm control": 6.0, "ours": 6.5}
 
 
 def readme_sentence(record: dict) -> str:
