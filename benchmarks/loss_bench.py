@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/loss_bench.py            # N=8385, C=2048, Q in 100 300 1000
     .venv/bin/python benchmarks/loss_bench.py --quick    # a smaller case, seconds
+    .venv/bin/python benchmarks/loss_bench.py --stride4  # the transformer's features
+
+``--stride4``: the transformer's case, DAFormer's fused decoder features at stride 4 (C = 256)
+for its 2 mixed 512x512 crops: N = 2 x 128 x 128 = 32768 positions, 4x stride 8's per pixel.
 
 Each (implementation, match, Q) case runs forward + backward in a fresh subprocess, so that its
 peak resident memory above the inputs ("extra memory") is its own. The roofline time is the
@@ -150,15 +154,20 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="N=2048, C=512, Q in 100 300")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--stride4", action="store_true",
+                   help="N=32768, C=256: the transformer's stride-4 features, 2 crops of 512x512")
     args = p.parse_args()
     n, c, qs = (2048, 512, (100, 300)) if args.quick else (8385, 2048, (100, 300, 1000))
+    if args.stride4:
+        n, c = 2 * 128 * 128, 256
     k = 19
     rate32 = MatmulRate(torch.float32).measure(1.5)
-    rate16 = MatmulRate(torch.bfloat16).measure(1.5)
+    bf16 = "" if args.no_bf16 else (
+        f", bf16 {MatmulRate(torch.bfloat16).measure(1.5) / 1e9:.0f} GFLOP/s")
     print(f"# loss_bench: N={n} C={c} K={k}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"matmul rate at the start: fp32 {rate32 / 1e9:.0f} GFLOP/s, bf16 {rate16 / 1e9:.0f} "
-          "GFLOP/s (each case measures its own before each repeat)\n")
+    print(f"matmul rate at the start: fp32 {rate32 / 1e9:.0f} GFLOP/s{bf16} (each case measures "
+          "its own before each repeat)\n")
     print("| match | Q | M | plain s | plain MB | efficient s | efficient MB | roofline s "
           "| eff/plain time | eff/roofline | eff/plain memory | bf16 s | bf16/roofline(bf16) |")
     print("|---" * 13 + "|")
