@@ -4,6 +4,7 @@ ours + DACS), in one run.
     .venv/bin/python benchmarks/step_bench.py            # MiniCity scale and ResNet-101 scale
     .venv/bin/python benchmarks/step_bench.py --quick    # MiniCity scale only
     .venv/bin/python benchmarks/step_bench.py --transformer [--paper]   # MiT: DACS, MIC, ours
+    .venv/bin/python benchmarks/step_bench.py --transformer --embed 32  # a narrower head
 
 Every step is the real ``train_step`` on random tensors of the benchmark's shapes (no data
 loading), methods interleaved round-robin so that machine noise hits them alike; the median of
@@ -20,7 +21,10 @@ adds the alignment's pass over the clean target batch to that (``selftrain.align
 ``--transformer``: the MiT network with DAFormer's head and AdamW, source-only, DACS, MIC (one
 more student pass on the masked target batch) and ours + MIC (the alignment on the mixed
 batch's stride-4 features, no extra pass), at MiniCity scale (MiT-B0, 8 + 8 images) and with
-``--paper`` at DAFormer's (MiT-B5, 2 + 2 crops of 512x512: a GPU's size).
+``--paper`` at DAFormer's (MiT-B5, 2 + 2 crops of 512x512: a GPU's size). At MiniCity scale
+``--embed E`` sets the head's width (``model.embed``; DAFormer's 256 by default), and the table
+has one more row: the MiniCity preset's own network (DeepLab-v2, ResNet-18 x1/4, SGD),
+source-only, the compute budget a MiniCity transformer is compared at.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ TRANSFORMER = {
         "gta5_to_cityscapes_daformer", ["model.weights=null"], (512, 512), (512, 512)),
 }
 FLOOR = "source-only + target forward/backward, no loss"
+DEEPLAB = "source-only, DeepLab-v2 R18 x1/4 (the MiniCity preset's network)"
 
 
 def bench(preset: str, overrides: list[str], size_s, size_t, qs, repeat: int) -> list[tuple]:
@@ -118,9 +123,11 @@ def bench_transformer(preset: str, overrides: list[str], size_s, size_t,
     x_s, x_t = torch.randn(b, 3, *size_s), torch.randn(b, 3, *size_t)
     y_s = torch.randint(0, 19, (b, *size_s))
     names = {"source-only": "source_only", "DACS": "dacs", "MIC": "mic", "ours + MIC": "ours_mic"}
+    cfgs = {name: apply_method(copy.deepcopy(base), m) for name, m in names.items()}
+    if preset == "minicity":  # the preset's own network: the budget to compare with
+        cfgs[DEEPLAB] = apply_method(load_config(preset), "source_only")
     state = {}
-    for name, method in names.items():
-        cfg = apply_method(copy.deepcopy(base), method)
+    for name, cfg in cfgs.items():
         torch.manual_seed(0)
         model = build_model(cfg.model, 19).to(device).train()
         d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
@@ -128,15 +135,18 @@ def bench_transformer(preset: str, overrides: list[str], size_s, size_t,
         d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.dictionary.capacity,
                                                          model.feature_dim), dim=1),
                torch.arange(19).repeat_interleave(cfg.dictionary.capacity))
-        opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
+        if name == DEEPLAB:
+            opt = torch.optim.SGD(model.param_groups(0.02), lr=0.02, momentum=0.9)
+        else:
+            opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
         state[name] = (build_terms(cfg, 19, device, model), model, d, opt,
-                       autocast_for(cfg.train.amp, device))
+                       autocast_for(cfg.train.amp, device), cfg.loss.aux)
     times = {name: [] for name in state}
     for it in range(repeat + 1):
-        for name, (parts, model, d, opt, ac) in state.items():
+        for name, (parts, model, d, opt, ac, aux) in state.items():
             t0 = time.perf_counter()
             train_step(model, {"image": x_s, "label": y_s}, {"image": x_t}, 10**6, parts, d,
-                       opt, aux=0.0, autocast=ac)
+                       opt, aux=aux, autocast=ac)
             if it > 0:
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
@@ -150,12 +160,17 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--transformer", action="store_true", help="the MiT network's methods")
     p.add_argument("--paper", action="store_true", help="with --transformer: DAFormer's size too")
+    p.add_argument("--embed", type=int, default=256,
+                   help="with --transformer: the MiniCity network's head width (model.embed)")
     args = p.parse_args()
     print(f"# step_bench: {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.transformer:
         for title, (preset, overrides, size_s, size_t) in TRANSFORMER.items():
             if preset != "minicity" and not args.paper:
                 continue
+            if preset == "minicity":
+                overrides = [*overrides, f"model.embed={args.embed}"]
+                title += f", head width {args.embed}"
             print(f"\n## {title}\n\n| method | s / step | / source-only | / DACS | / MIC |\n"
                   "|---|---|---|---|---|")
             repeat = args.repeat if preset == "minicity" else max(2, args.repeat // 4)
