@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cosalign.models.fusion_heads import DAFormerHead, SegFormerHead
 from cosalign.models.mit import PRESETS, Attention, MiT, drop_path
 from cosalign.models.transformer import MiTSegmenter
-from cosalign.models.weights import load_weights
+from cosalign.models.weights import WeightsError, load_weights
 
 # SegFormer's paper (encoder, M parameters) and its model table (encoder + all-MLP head with
 # 150 classes, E = 256 for B0/B1 and 768 for B2-B5), both to 0.1 M. The paper's B0 encoder,
@@ -125,6 +125,40 @@ def test_a_mit_imagenet_file_loads_by_name_into_the_encoder(tmp_path, capsys):
         torch.testing.assert_close(net.backbone.state_dict()[k], v, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:for .*a meta parameter in the current model")
+def test_a_mit_b5_file_maps_by_name_and_shape(tmp_path, capsys):
+    """The file DAFormer's B5 presets start from: SegFormer's names with B5's depths (3, 6, 40,
+    3), widths (64, 128, 320, 512) and reduction ratios (8, 4, 2, 1). Written without its
+    values (every tensor a broadcast zero, so 82 M parameters take bytes) and loaded into a
+    network on the meta device: names and shapes are what is checked."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in MiT("b5").state_dict().items()}
+    published = {  # SegFormer's mit_b5.pth
+        "patch_embed1.proj.weight": (64, 3, 7, 7), "patch_embed4.proj.weight": (512, 320, 3, 3),
+        "block1.0.attn.q.weight": (64, 64), "block1.0.attn.kv.weight": (128, 64),
+        "block1.0.attn.sr.weight": (64, 64, 8, 8), "block2.5.attn.sr.weight": (128, 128, 4, 4),
+        "block3.39.attn.sr.weight": (320, 320, 2, 2), "block3.39.mlp.fc1.weight": (1280, 320),
+        "block3.39.mlp.dwconv.dwconv.weight": (1280, 1, 3, 3), "block4.2.mlp.fc2.weight":
+        (512, 2048), "norm4.weight": (512,)}
+    for k, shape in published.items():
+        assert tuple(shapes[k]) == shape, k
+    assert "block3.40.attn.q.weight" not in shapes and "block4.0.attn.sr.weight" not in shapes
+    zero = torch.zeros(1)
+    state = {k: zero.expand(v) for k, v in shapes.items()}
+    state.update({"head.weight": zero.expand(1000, 512), "head.bias": zero.expand(1000)})
+    torch.save({"state_dict": state}, tmp_path / "mit_b5.pth")
+    assert (tmp_path / "mit_b5.pth").stat().st_size < 2**20
+    with torch.device("meta"):
+        net = MiTSegmenter(num_classes=19, preset="b5")
+    report = load_weights(net, tmp_path / "mit_b5.pth")
+    assert report.loaded == len(shapes) and not report.unexpected
+    assert all(k.startswith("head.") for k in report.missing)
+    bad = {**state, "block3.39.mlp.fc1.weight": zero.expand(1024, 320)}
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match=r"block3\.39\.mlp\.fc1\.weight has shape"):
+        load_weights(net, tmp_path / "bad.pth")
+
+
 def test_daformer_optimizer_groups():
     net = MiTSegmenter(num_classes=19, preset="b0")
     groups = torch.optim.AdamW(net.param_groups(6e-5, head_lr_mult=10.0), lr=6e-5,
@@ -218,11 +252,11 @@ def test_the_daformer_presets_carry_daformers_recipe():
         assert round(cfg.data.rcs_min_pixels * 1914 * 1052) == 3020  # 3000 px of a GTA5 label
 
 
-def test_the_daformer_preset_trains_dacs_from_a_mit_file(tmp_path, capsys):
-    """`cosalign train --config gta5_to_cityscapes_daformer --method dacs` on generated GTA5
-    and Cityscapes trees from a generated MiT file (B0's names and shapes: B5's differ only in
-    size), shrunk to seconds: the weights load, the feature distance and rare class sampling
-    run, the run finishes."""
+def test_the_daformer_preset_trains_mic_from_a_mit_file(tmp_path, capsys):
+    """`cosalign train --config gta5_to_cityscapes_daformer --method mic` on generated GTA5
+    and Cityscapes trees from a generated MiT file (B0's names and shapes; B5's file maps the
+    same way, test above), shrunk to seconds: the weights load, the feature distance, rare
+    class sampling and the masked consistency run, the run finishes."""
     from cosalign.cli import main
     from tests.conftest import TEST_DEVICE
     from tests.trees import make_cityscapes, make_gta5
@@ -234,7 +268,7 @@ def test_the_daformer_preset_trains_dacs_from_a_mit_file(tmp_path, capsys):
     torch.manual_seed(0)
     torch.save({"state_dict": {**MiT("b0").state_dict(), "head.weight": torch.zeros(1000, 256),
                                "head.bias": torch.zeros(1000)}}, tmp_path / "mit_b0.pth")
-    code = main(["train", "--config", "gta5_to_cityscapes_daformer", "--method", "dacs",
+    code = main(["train", "--config", "gta5_to_cityscapes_daformer", "--method", "mic",
                  "--out", str(tmp_path / "run"), "--quiet", "--set",
                  f"data.source.root={gta}", f"data.target.root={cs}", f"data.val.root={cs}",
                  "model.arch=mit_b0", "model.embed=64", f"model.weights={tmp_path / 'mit_b0.pth'}",
@@ -250,4 +284,5 @@ def test_the_daformer_preset_trains_dacs_from_a_mit_file(tmp_path, capsys):
     from cosalign.engine.logger import read_metrics
 
     rows = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
-    assert len(rows) == 3 and all(math.isfinite(r["fd"]) and "st" in r for r in rows)
+    assert len(rows) == 3
+    assert all(math.isfinite(r["fd"]) and math.isfinite(r["mic"]) and "st" in r for r in rows)
