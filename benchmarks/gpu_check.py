@@ -11,6 +11,9 @@ Sections (``--sections`` picks some; all by default), each a table in OUT/gpu_ch
   DeepLab-v2 ResNet-101, a full dictionary of 19 x 1000 entries) for source-only, MinEnt,
   AdvEnt, ours, ours+MinEnt, DACS and ours+DACS, fp32 and bf16 autocast: s/step, ratio to
   source-only, peak GPU memory;
+- transformer: one ``train_step`` of DAFormer's preset (MiT-B5, DAFormer head, AdamW, 2 + 2
+  crops of 512x512, the feature distance on) for source-only, DACS, MIC and ours + MIC, fp32
+  and bf16: s/step, ratios to source-only, DACS and MIC, peak GPU memory;
 - loss: the cosine loss alone (N = 8385 positions, C = 2048), efficient vs plain autograd,
   Q = 100 and 1000, both match modes, fp32 and bf16 products: ms, ratio to the matrix-multiply
   roofline (FLOPs / the fp32 or bf16 product rate measured in this run), extra memory;
@@ -167,6 +170,60 @@ def section_step(args, device) -> tuple[str, bool]:
     header = ["method", "precision", "s/step", "/ source-only", "peak memory GiB"]
     note = (f"source {size_s[1]}x{size_s[0]}, target {size_t[1]}x{size_t[0]}, batch 1 + 1, "
             f"ResNet-101 width {1 / scale:g}, dictionary 19 x 1000, best of {args.repeat}")
+    return note + "\n\n" + table(header, rows), True
+
+
+# --- one training step of the transformer ---------------------------------------------------
+
+TRANSFORMER_METHODS = ("source_only", "dacs", "mic", "ours_mic")
+
+
+def section_transformer(args, device) -> tuple[str, bool]:
+    """DAFormer's preset (MiT-B5, DAFormer head, AdamW, 2 + 2 crops of 512x512, the feature
+    distance on): one ``train_step`` of source-only, DACS, MIC and ours + MIC, fp32 and bf16.
+    ``--small``: MiT-B0 with a 32-wide head on 32x32 crops."""
+    scale = 16 if args.small else 1
+    crop = 512 // scale
+    small = ["model.arch=mit_b0", "model.embed=32", f"selftrain.mask_patch={32 // scale}"]
+    rows = []
+    for amp in ("none", "bf16"):
+        base = load_config("gta5_to_cityscapes_daformer",
+                           ["model.weights=null", f"train.amp={amp}",
+                            *(small if args.small else [])])
+        b = base.data.batch_size
+        x_s = torch.randn(b, 3, crop, crop, device=device)
+        y_s = torch.randint(0, 19, (b, crop, crop), device=device)
+        x_t = torch.randn(b, 3, crop, crop, device=device)
+        secs = {}
+        for method in TRANSFORMER_METHODS:
+            cfg = apply_method(copy.deepcopy(base), method)
+            torch.manual_seed(0)
+            model = build_model(cfg.model, 19).to(device).train()
+            d = full_dictionary(cfg.dictionary.capacity, model.feature_dim, device)
+            opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
+            parts = build_terms(cfg, 19, device, model)  # the teacher, the FD's frozen copy
+            reset_peak(device)
+            step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
+                                     {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,
+                                     autocast_for(amp, device))
+            # --small: no untimed call (a smoke run of the code; its times mean nothing)
+            secs[method] = best_time(step, device, args.repeat, warmup=0 if args.small else 2)
+            rows.append([method, "bf16" if amp == "bf16" else "fp32", secs[method],
+                         peak_gib(device)])
+            del step, opt, parts, model, d
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for row in rows[-len(TRANSFORMER_METHODS):]:
+            sec = row[2]
+            row[2:3] = [f"{sec:.3f}", f"{sec / secs['source_only']:.2f}x",
+                        f"{sec / secs['dacs']:.2f}x", f"{sec / secs['mic']:.2f}x"]
+    header = ["method", "precision", "s/step", "/ source-only", "/ DACS", "/ MIC",
+              "peak memory GiB"]
+    arch = "MiT-B0, head width 32" if args.small else "MiT-B5, DAFormer head (256)"
+    note = (f"gta5_to_cityscapes_daformer: {arch}, batch {b} + {b} crops of {crop}x{crop}, "
+            f"AdamW, the feature distance on, dictionary 19 x {base.dictionary.capacity}, "
+            f"best of {args.repeat} (issue 26's targets: MIC <= 1.4x DACS, ours + MIC <= 1.15x "
+            "MIC)")
     return note + "\n\n" + table(header, rows), True
 
 
@@ -355,8 +412,8 @@ def section_e2e(args, device) -> tuple[str, bool]:
     return note + "\n\n" + table(["step", "wall s", "result"], rows), ok
 
 
-SECTIONS = {"tests": section_tests, "step": section_step, "loss": section_loss,
-            "e2e": section_e2e}
+SECTIONS = {"tests": section_tests, "step": section_step, "transformer": section_transformer,
+            "loss": section_loss, "e2e": section_e2e}
 
 
 def main() -> int:

@@ -20,10 +20,11 @@ def _run(out: Path, *sections: str) -> str:
     return report
 
 
-def test_gpu_check_smoke_run_writes_the_tests_step_and_loss_tables(tmp_path):
-    report = _run(tmp_path / "gc", "tests", "step", "loss")
+def test_gpu_check_smoke_run_writes_the_tests_step_transformer_and_loss_tables(tmp_path):
+    report = _run(tmp_path / "gc", "tests", "step", "transformer", "loss")
     assert " passed in " in report  # the suite's summary line
-    for method in ("source_only", "minent", "advent", "ours", "ours_minent"):
+    for method in ("source_only", "minent", "advent", "ours", "ours_minent", "dacs", "mic",
+                   "ours_mic"):
         assert f"| {method} | bf16 |" in report and f"| {method} | fp32 |" in report
     assert report.count("| efficient |") == 10 and report.count("| plain |") == 5
 
