@@ -44,7 +44,7 @@ def pytest_configure(config):
 # the tests that start processes or train longest, started first so that the two xdist
 # workers finish together (longest first); the order of the others is kept
 FIRST = ("test_gpu_check.py", "test_checkpoint.py::test_killed_process", "test_distributed.py",
-         "test_self_training.py::test_dacs_trains_under", "test_self_training.py::test_teacher",
+         "test_self_training.py::test_dacs_under_two_processes",
          "test_accidents.py::test_sigterm", "test_accidents.py::test_a_full_disk_at")
 
 

@@ -74,28 +74,23 @@ def _steps_worker(rank, world, store, cfg, out_dir):
     distributed.cleanup()
 
 
-def _train_worker(rank, world, store, cfg, run_dir):
-    _env(rank, world, store)
-    train(cfg, run_dir, progress=False)
+def _worker(rank, world, store, cfg_steps, out_dir, cfg_train, run_dir):
+    """One pair of processes for both checks (a process start costs seconds): a few steps that
+    fill the dictionary, then ``train``."""
+    _steps_worker(rank, world, store, cfg_steps, out_dir)
+    _env(rank, world, store + "-train")
+    train(cfg_train, run_dir, progress=False)
     distributed.cleanup()
 
 
-def test_dictionary_identical_on_all_ranks(tiny_config, tmp_path):
-    cfg = copy.deepcopy(tiny_config)
-    cfg.train.device = _ddp_device()
-    mp.spawn(_steps_worker, args=(2, _rendezvous(tmp_path), cfg, tmp_path), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert int(r0["filled"].sum()) > 0
-    for key in ("entries", "filled", "head", "weight"):
-        torch.testing.assert_close(r0[key], r1[key], rtol=0, atol=0)
-    for terms in r0["terms"] + r1["terms"]:
-        assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
-    assert "cos" in r0["terms"][-1]
-
-
-@pytest.mark.parametrize("method", ["source_only"])
-def test_two_processes_match_one_with_the_same_global_batch(tiny_config, tmp_path, method):
-    cfg = apply_method(copy.deepcopy(tiny_config), method)
+def test_two_processes_share_the_dictionary_and_match_one_with_the_same_global_batch(
+        tiny_config, tmp_path):
+    # the dictionary and the weights are identical on both ranks after train_step calls that
+    # draw different samples on each
+    steps = copy.deepcopy(tiny_config)
+    steps.train.device = _ddp_device()
+    # two processes of batch 2 train as one of batch 4
+    cfg = apply_method(copy.deepcopy(tiny_config), "source_only")
     cfg.model.bn = "frozen"  # per-rank BatchNorm statistics would differ from the global batch
     cfg.data.batch_size = 4
     cfg.optim.lr = 1e-3  # a small step: the comparison measures the mechanics, not chaos
@@ -104,8 +99,17 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_config, tmp_pat
     single = train(cfg, tmp_path / "one", progress=False)
     cfg2 = copy.deepcopy(cfg)
     cfg2.data.batch_size = 2  # per process
-    mp.spawn(_train_worker, args=(2, _rendezvous(tmp_path), cfg2, tmp_path / "two"), nprocs=2,
-             join=True)
+    mp.spawn(_worker, args=(2, _rendezvous(tmp_path), steps, tmp_path, cfg2, tmp_path / "two"),
+             nprocs=2, join=True)
+
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert int(r0["filled"].sum()) > 0
+    for key in ("entries", "filled", "head", "weight"):
+        torch.testing.assert_close(r0[key], r1[key], rtol=0, atol=0)
+    for terms in r0["terms"] + r1["terms"]:
+        assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    assert "cos" in r0["terms"][-1]
+
     ckpts = list_checkpoints(tmp_path / "two")
     assert ckpts, "rank 0 writes the checkpoints"
     a = load_checkpoint(list_checkpoints(tmp_path / "one")[-1])["model"]

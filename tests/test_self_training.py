@@ -226,34 +226,47 @@ def _teacher_worker(rank, world, store, cfg, out_dir):
     from cosalign.data import build_dataset
 
     device = distributed.setup(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, 19).to(device)
-    parts = build_terms(cfg, 19, device, model)
-    ddp = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True)
-    d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
-    opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01, momentum=0.9)
-    src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
-    tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1, 0, 0)
-    torch.manual_seed(100 + rank)  # other mixing draws on each rank: the teacher must agree
-    for it in range(4):
-        train_step(ddp, next(src), next(tgt), it, parts, d, opt)
-    teacher = {k: v.cpu() for k, v in parts[0].teacher.state_dict().items()}
-    torch.save(teacher, out_dir / f"teacher{rank}.pt")
+    default = cfg.selftrain.align_on
+    for align_on in ("mixed", "clean"):  # clean: two passes, one backward
+        cfg.selftrain.align_on = align_on
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, 19).to(device)
+        parts = build_terms(cfg, 19, device, model)
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+        d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
+        opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01, momentum=0.9)
+        src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)
+        tgt = batches(build_dataset(cfg.data.target, cfg.data, train=True, labels=False), 2, 1,
+                      0, 0)
+        torch.manual_seed(100 + rank)  # other mixing draws on each rank: the teacher must agree
+        for it in range(4):
+            train_step(ddp, next(src), next(tgt), it, parts, d, opt)
+        teacher = {k: v.cpu() for k, v in parts[0].teacher.state_dict().items()}
+        torch.save(teacher, out_dir / f"teacher-{align_on}{rank}.pt")
+    cfg.selftrain.align_on = default
+    train(cfg, out_dir / "two", progress=False)  # the training loop, in the same processes
     distributed.cleanup()
 
 
-@pytest.mark.parametrize("align_on", ["mixed", "clean"])  # clean: two passes, one backward
-def test_teacher_is_identical_on_every_rank(tiny_config, tmp_path, align_on):
+def test_dacs_under_two_processes_keeps_one_teacher_and_checkpoints_it(tiny_config, tmp_path):
+    """One pair of processes (a process start costs seconds): a few steps with each alignment
+    input (the mixed batch; the clean target batch) and other mixing draws on each rank, after
+    which the teachers are identical; then ``train`` under the two processes, whose checkpoint
+    holds the teacher."""
     cfg = apply_method(copy.deepcopy(tiny_config), "ours_dacs")
-    cfg.selftrain.align_on = align_on
     cfg.train.device = _ddp_device()
     mp.spawn(_teacher_worker, args=(2, _rendezvous(tmp_path), cfg, tmp_path), nprocs=2, join=True)
-    t0, t1 = (torch.load(tmp_path / f"teacher{r}.pt") for r in (0, 1))
-    params = [k for k in t0 if not k.endswith(("running_mean", "running_var", "tracked"))]
-    for key in params:
-        torch.testing.assert_close(t0[key], t1[key], rtol=0, atol=0)
+    for align_on in ("mixed", "clean"):
+        t0, t1 = (torch.load(tmp_path / f"teacher-{align_on}{r}.pt") for r in (0, 1))
+        params = [k for k in t0 if not k.endswith(("running_mean", "running_var", "tracked"))]
+        for key in params:
+            torch.testing.assert_close(t0[key], t1[key], rtol=0, atol=0, msg=align_on)
+    state = load_checkpoint(list_checkpoints(tmp_path / "two")[-1])
+    assert state["iteration"] == cfg.train.iters and "teacher" in state["terms"]["self_training"]
+    rows = read_metrics(tmp_path / "two")
+    assert [r["kind"] for r in rows].count("eval") == 1 and "st" in rows[0]
 
 
 def test_rare_class_probabilities_and_draws():
@@ -335,16 +348,3 @@ def test_dacs_with_feature_distance_and_rare_class_sampling_trains(tiny_config, 
     train(cfg, tmp_path / "run", progress=False)
     rows = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert all("fd" in r and r["fd"] >= 0 for r in rows)
-
-
-def test_dacs_trains_under_two_processes_and_checkpoints_the_teacher(tiny_config, tmp_path):
-    from tests.test_distributed import _train_worker
-
-    cfg = apply_method(copy.deepcopy(tiny_config), "ours_dacs")
-    cfg.train.device = _ddp_device()
-    mp.spawn(_train_worker, args=(2, _rendezvous(tmp_path), cfg, tmp_path / "two"), nprocs=2,
-             join=True)
-    state = load_checkpoint(list_checkpoints(tmp_path / "two")[-1])
-    assert state["iteration"] == cfg.train.iters and "teacher" in state["terms"]["self_training"]
-    rows = read_metrics(tmp_path / "two")
-    assert [r["kind"] for r in rows].count("eval") == 1 and "st" in rows[0]
