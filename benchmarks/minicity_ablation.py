@@ -280,8 +280,13 @@ TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str | tuple
     "a": (lambda seed, name: name.startswith("final ") and seed > 0, (), "source_only"),
     "b": (lambda seed, name: name.startswith("frozen-bn ") and seed > 0, (), "source_only"),
     "c": (lambda seed, name: seed > 0 and (name.startswith("selected pretrained ") or (
-        name.startswith("pretrained ") and "frozen" not in name and "gap:" not in name)),
-          (), "source_only"),
+        name.startswith("pretrained ") and "frozen" not in name and "gap:" not in name
+        and "DACS +" not in name)), (), "source_only"),
+    # DACS with rare class sampling (a data setting: the same method name) and with the
+    # feature distance, against DACS
+    "rcs-fd": (lambda seed, name: seed > 0 and name in {
+        "pretrained source-only", "pretrained DACS", "pretrained DACS + RCS",
+        "pretrained DACS + FD"}, ("run",), "dacs [run=pretrained DACS]"),
     "c-frozen": (lambda seed, name: name.startswith("pretrained frozen-bn "), (), "source_only"),
     "select-c": (lambda seed, name: seed == 0 and name.startswith("select-c "), ("run",),
                  "source_only [run=select-c source-only]"),
