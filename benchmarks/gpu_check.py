@@ -222,7 +222,7 @@ def section_transformer(args, device) -> tuple[str, bool]:
     arch = "MiT-B0, head width 32" if args.small else "MiT-B5, DAFormer head (256)"
     note = (f"gta5_to_cityscapes_daformer: {arch}, batch {b} + {b} crops of {crop}x{crop}, "
             f"AdamW, the feature distance on, dictionary 19 x {base.dictionary.capacity}, "
-            f"best of {args.repeat} (issue 26's targets: MIC <= 1.4x DACS, ours + MIC <= 1.15x "
+            f"best of {args.repeat} (targets: MIC <= 1.4x DACS, ours + MIC <= 1.15x "
             "MIC)")
     return note + "\n\n" + table(header, rows), True
 
