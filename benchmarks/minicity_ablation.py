@@ -5,6 +5,8 @@ runner that caches each run by name, and every table printed by ``cosalign repor
     .venv/bin/python benchmarks/minicity_ablation.py run regimes       # one group, in plan order
     .venv/bin/python benchmarks/minicity_ablation.py run regimes --steps 4   # its first 4 steps
     .venv/bin/python benchmarks/minicity_ablation.py report            # every table again
+    .venv/bin/python benchmarks/minicity_ablation.py classes "pretrained DACS" \
+        "pretrained DACS + RCS"       # per-class gains over a run name, paired by seed
 
 Groups, in the order they were run: ``sweep`` (stage 1: every switch of the method on seed 0,
 scored on a *selection split*, the last 100 images of the target train split with labels that
@@ -45,7 +47,7 @@ from cosalign.engine.train import train
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.losses.cosine import flatten_normalized
 from cosalign.minicity import STYLES, MiniCitySpec, make_minicity, minicity_config
-from cosalign.report import report
+from cosalign.report import load_run, paired_gain, report
 
 # MiniCity v2 (docs/METHOD.md section 9). The v1 tables of docs/results/minicity.md were made
 # by this runner at commit 7369110 (v1 scenes and protocol) into runs/ablation.
@@ -426,6 +428,32 @@ def cmd_report(args) -> None:
             print(report(runs, out, baseline=baseline, by=by))
 
 
+def cmd_classes(args) -> None:
+    """Per-class IoU gains of each run name over ``args.base``, paired by seed, 95% intervals
+    (Student's t), from each run's last evaluation."""
+    def iou(name: str) -> dict[int, dict[str, float]]:
+        out = {}
+        for folder in sorted(OUT.glob(f"seed*/{name}")):
+            if (folder / "done.json").is_file():
+                run = load_run(folder)
+                out[run.seed] = run.final["iou"]
+        return out
+
+    base = iou(args.base)
+    classes = list(next(iter(base.values())))
+    print(f"| {args.base} -> | " + " | ".join(classes) + " | seeds |")
+    print("|---" * (len(classes) + 2) + "|")
+    for name in args.runs:
+        runs = iou(name)
+        cells = []
+        for c in classes:
+            g = paired_gain({s: r[c] for s, r in runs.items()}, {s: r[c] for s, r in base.items()})
+            h = g["half"]
+            cells.append(f"{g['mean']:+.1f}" + ("" if h is None else
+                                                 f" [{g['mean'] - h:+.1f}, {g['mean'] + h:+.1f}]"))
+        print(f"| {name} | " + " | ".join(cells) + f" | {sorted(set(runs) & set(base))} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -438,6 +466,10 @@ def main() -> None:
     rep.add_argument("tables", nargs="*", choices=[[], *TABLES], metavar="TABLE",
                      help=f"some of {', '.join(TABLES)} (default: all)")
     rep.set_defaults(func=cmd_report)
+    cls = sub.add_parser("classes", help="per-class gains over one run name, paired by seed")
+    cls.add_argument("base", help='a run name, e.g. "pretrained DACS"')
+    cls.add_argument("runs", nargs="+", help="run names to compare with it")
+    cls.set_defaults(func=cmd_classes)
     args = p.parse_args()
     torch.set_num_threads(2)
     args.func(args)
