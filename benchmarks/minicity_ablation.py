@@ -443,6 +443,8 @@ def cmd_classes(args) -> None:
         return out
 
     base = iou(args.base)
+    if not base:
+        sys.exit(f"{args.base!r}: no finished run of that name under {OUT}/seed*/")
     classes = list(next(iter(base.values())))
     print(f"| {args.base} -> | " + " | ".join(classes) + " | seeds |")
     print("|---" * (len(classes) + 2) + "|")
