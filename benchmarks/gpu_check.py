@@ -23,8 +23,9 @@ Sections (``--sections`` picks some; all by default), each a table in OUT/gpu_ch
   checkpoints; ``cosalign eval`` and ``cosalign predict`` on the result.
 
 ``--small`` shrinks the sizes and the network's width by 8 (the step's by 16), the dictionary
-by 10, and runs one test file: a smoke run of this script in about a minute on a CPU
-(tests/test_gpu_check.py runs it). The exit
+by 10, runs one test file, and times each case once with no untimed call (a fifth of a second
+for the product rates): a smoke run of this script in about a minute on a CPU, whose times mean
+nothing (tests/test_gpu_check.py runs it). The exit
 code is 1 when a check failed (a test, a resume mismatch, a command's exit code).
 """
 
@@ -159,7 +160,7 @@ def section_step(args, device) -> tuple[str, bool]:
             step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
                                      {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,
                                      autocast_for(amp, device))
-            sec = best_time(step, device, args.repeat, warmup=1 if args.small else 2)
+            sec = best_time(step, device, args.repeat, warmup=0 if args.small else 2)
             first = first or sec
             rows.append([method, "bf16" if amp == "bf16" else "fp32", f"{sec:.3f}",
                          f"{sec / first:.2f}x", peak_gib(device)])
@@ -256,7 +257,8 @@ def loss_step(impl: str, f_t, ref, match: str, dt: torch.dtype, kw: dict) -> Non
 def section_loss(args, device) -> tuple[str, bool]:
     n, c = (1024, 256) if args.small else (8385, 2048)
     size = 256 if args.small else 8192  # the rate's products (emulated bf16 is slow)
-    rates = {dt: matmul_rate(dt, device, size) for dt in (torch.float32, torch.bfloat16)}
+    rates = {dt: matmul_rate(dt, device, size, 0.2 if args.small else 1.0)
+             for dt in (torch.float32, torch.bfloat16)}
     g = torch.Generator(device="cpu").manual_seed(0)
     f_t = torch.randn(1, c, 1, n, generator=g).to(device)
     pseudo = torch.randint(0, 19, (1, 1, n), generator=g).to(device)
@@ -276,7 +278,7 @@ def section_loss(args, device) -> tuple[str, bool]:
                          ("efficient", torch.bfloat16)):
             before = reset_peak(device)
             run = functools.partial(loss_step, impl, f_t, ref, match, dt, kw)
-            sec = best_time(run, device, args.repeat, warmup=1 if args.small else 2)
+            sec = best_time(run, device, args.repeat, warmup=0 if args.small else 2)
             extra = (torch.cuda.max_memory_allocated(device) - before) / 2**20 \
                 if device.type == "cuda" else None
             plain_mem = extra if impl == "plain" else plain_mem
