@@ -9,11 +9,13 @@ import torch
 from cosalign.cli import main
 from cosalign.minicity import minicity_config
 from cosalign.minicity.pretrain import PretrainSpec, bundled_is_current, read_key
+from cosalign.minicity.pretrain_mit import MiTPretrainSpec
 from cosalign.minicity.randomized import MATERIALS, MIN_EXPOSURE, random_style, render_one
 from cosalign.minicity.render import render
 from cosalign.minicity.scene import CAR, PERSON, SKY, VEGETATION, sample_scene
 from cosalign.models import build_model
-from cosalign.models.weights import BUNDLED, load_weights
+from cosalign.models.transformer import MiTSegmenter
+from cosalign.models.weights import BUNDLED, WeightsError, load_weights
 
 
 def test_random_styles_never_look_like_a_target():
@@ -75,6 +77,45 @@ def test_pretrain_command_writes_caches_and_loads(tmp_path, capsys):
     for k, v in head.items():  # the heads start from scratch, as with ImageNet weights
         torch.testing.assert_close(own[k], v, rtol=0, atol=0)
     assert any(k.startswith("head.") for k in report.missing)
+
+
+def test_pretrain_mit_writes_caches_and_loads_into_a_transformer_with_another_head(tmp_path,
+                                                                                     capsys):
+    out = tmp_path / "pt"
+    args = ["pretrain", "--arch", "mit_b0", "--embed", "16", "--out", str(out), "--images", "12",
+            "--iters", "3", "--batch-size", "2", "--workers", "1", "--quiet"]
+    assert main(args) == 0
+    weights = out / "backbone.pt"
+    spec = MiTPretrainSpec(images=12, iters=3, batch_size=2, embed=16)
+    assert read_key(weights) == spec.key() != PretrainSpec(images=12, iters=3,
+                                                           batch_size=2).key()
+    assert main(args) == 0  # cached
+    printed = capsys.readouterr().out
+    assert "already up to date" in printed and "model.arch=mit_b0" in printed
+
+    saved = torch.load(weights, weights_only=True)["model"]
+    torch.manual_seed(0)  # the pretraining's own seed: its network before the first step
+    fresh = MiTSegmenter(len(MATERIALS), "b0", "daformer", 16).state_dict()
+    assert set(saved) == {k for k in fresh if k.startswith("backbone.")}
+    # AdamW moved every trained weight of the encoder in 3 steps (the first at the warm-up's
+    # 1e-6 x lr, then up the ramp)
+    moved = [k for k, v in saved.items() if v.is_floating_point() and not torch.equal(v, fresh[k])]
+    assert len(moved) == sum(v.is_floating_point() for v in saved.values())
+
+    # MiniCity's transformer loads the encoder, whatever its head's width; the head stays as built
+    model = build_model(minicity_config("data/minicity", ["model.arch=mit_b0", "model.embed=32",
+                                                          "loss.aux=0"]).model, 19)
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.")}
+    report = load_weights(model, weights)
+    assert report.kind == "cosalign pretrained backbone" and report.loaded == len(saved)
+    own = model.state_dict()
+    for k, v in saved.items():
+        torch.testing.assert_close(own[k], v, rtol=0, atol=0)
+    for k, v in head.items():
+        torch.testing.assert_close(own[k], v, rtol=0, atol=0)
+    with pytest.raises(WeightsError, match="backbone.patch_embed1.proj.weight has shape"):
+        load_weights(build_model(minicity_config("data/minicity", [
+            "model.arch=mit_b1", "loss.aux=0"]).model, 19), weights)
 
 
 @pytest.mark.skipif(not BUNDLED["minicity_pretrained"].is_file(), reason="no bundled weights")

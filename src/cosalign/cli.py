@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cosalign.config import DATASETS, DEVICES, ConfigError, class_set_of
+from cosalign.config import ARCHS, DATASETS, DEVICES, ConfigError, class_set_of
 from cosalign.engine.checkpoint import WHICH
 from cosalign.engine.inference import FORMATS
 from cosalign.engine.score import FORMATS as SCORE_FORMATS
@@ -177,14 +177,26 @@ def cmd_viz(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    from cosalign.runlock import run_lock
+
+    if args.arch.startswith("mit_"):
+        from cosalign.minicity.pretrain_mit import MiTPretrainSpec, pretrain_mit
+
+        out = args.out or f"data/pretrain_{args.arch}"
+        spec = MiTPretrainSpec(images=args.images, iters=args.iters,
+                               batch_size=args.batch_size, seed=args.seed, arch=args.arch,
+                               embed=args.embed)
+        with run_lock(out, not args.no_lock):
+            weights = pretrain_mit(out, spec, workers=args.workers, progress=not args.quiet)
+        print(f"use it with: --set model.arch={args.arch} model.weights={weights}")
+        return 0
     from cosalign.minicity.pretrain import PretrainSpec, bundled_is_current, pretrain
 
     spec = PretrainSpec(images=args.images, iters=args.iters, batch_size=args.batch_size,
                         seed=args.seed)
-    from cosalign.runlock import run_lock
-
-    with run_lock(args.out, not args.no_lock):
-        weights = pretrain(args.out, spec, workers=args.workers, progress=not args.quiet)
+    out = args.out or "data/pretrain"
+    with run_lock(out, not args.no_lock):
+        weights = pretrain(out, spec, workers=args.workers, progress=not args.quiet)
     print(f"use it with: --set model.weights={weights}")
     if spec == PretrainSpec():
         print("the copy shipped with the package (model.weights=minicity_pretrained) is "
@@ -372,7 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="pretrain a MiniCity backbone on randomized scenes "
                         "(ImageNet's part; cached by the hash of what made it)")
-    pt.add_argument("--out", default="data/pretrain", help="folder for backbone.pt")
+    pt.add_argument("--out", help="folder for backbone.pt (default data/pretrain, or "
+                    "data/pretrain_ARCH for a transformer)")
+    pt.add_argument("--arch", choices=ARCHS, default="deeplabv2",
+                    help="the network whose encoder to pretrain: the MiniCity ResNet (shipped) "
+                    "or a MiT for model.arch=mit_* (its head is MiniCity's DAFormer head)")
+    pt.add_argument("--embed", type=positive_int, default=32,
+                    help="with a MiT: the pretraining head's width (dropped afterwards)")
     pt.add_argument("--images", type=positive_int, default=2000,
                     help="scenes rendered (a tenth held out)")
     pt.add_argument("--iters", type=positive_int, default=3000)
