@@ -77,7 +77,8 @@ MIT = ("model.arch=mit_b0", "model.embed=32", f"model.weights={MIT_WEIGHTS}", "l
        "optim.name=adamw", "optim.weight_decay=0.01", "optim.power=1.0",
        "optim.warmup_iters=40", "selftrain.mask_patch=12")
 MIT_LRS = ("6e-5", "2e-4", "6e-4")  # DAFormer's fine-tuning rate, x3, x10 (the pretraining's)
-BASES |= {"select-warmup-mit": (*MIT, SELECTION)}
+BASES |= {"select-warmup-mit": (*MIT, SELECTION),
+          **{f"warmup-mit lr={lr}": (*MIT, f"optim.lr={lr}") for lr in MIT_LRS}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,12 +277,48 @@ PLAN["v2"] = [  # MiniCity v2, most informative first; seeds 1-5 fixed before ru
 ]
 
 
-PLAN["mit"] = [  # the transformer on MiniCity v2, most informative first; not run yet
+PLAN["mit"] = [  # the transformer on MiniCity v2, most informative first; later steps follow
+    # from this one's choice (mit_steps)
     ("the MiT's learning rate: source-only on the selection split, seed 0",
      {f"select-mit source-only lr={lr}": Experiment(
          "source_only", (f"optim.lr={lr}",), "select-warmup-mit", None, seeds=(0,))
       for lr in MIT_LRS}),
 ]
+MIT_METHODS = {"source-only": "source_only", "DACS": "dacs", "MIC": "mic",
+               "ours + DACS": "ours_dacs", "ours + MIC": "ours_mic"}
+
+
+def chosen_mit_lr() -> str | None:
+    """The rule fixed before the selection ran: the learning rate whose source-only run scores
+    the highest mIoU on the selection split (the lower one on a tie); None until all ran."""
+    scores = {}
+    for lr in MIT_LRS:
+        folder = OUT / "seed0" / f"select-mit source-only lr={lr}"
+        if not (folder / "done.json").is_file():
+            return None
+        run = load_run(folder)
+        scores[lr] = run.final["miou"][run.cfg.data.classes]
+    return max(MIT_LRS, key=lambda lr: (scores[lr], -float(lr)))
+
+
+def mit_steps() -> list[tuple[str, dict[str, Experiment]]]:
+    """The transformer's plan: the selection, then (once it ran) the five methods branched off
+    the MiT's source-only warm-up at 500, as the DeepLab's: photo seeds 1-3, then 4-5, then the
+    fog and dusk targets (seeds 1-5 fixed before running)."""
+    lr = chosen_mit_lr()
+    if lr is None:
+        return PLAN["mit"]
+
+    def cells(target: str, label: str, seeds: tuple[int, ...]) -> dict[str, Experiment]:
+        return {f"{label}mit {m}": Experiment(method, (), f"warmup-mit lr={lr}", target=target,
+                                              seeds=seeds)
+                for m, method in MIT_METHODS.items()}
+
+    return [*PLAN["mit"],
+            (f"photo, seeds 1-3 (lr {lr})", cells("photo", "", (1, 2, 3))),
+            (f"photo, seeds 4-5 (lr {lr})", cells("photo", "", (4, 5))),
+            (f"fog target (lr {lr})", cells("fog", "fog ", SEEDS)),
+            (f"dusk target (lr {lr})", cells("dusk", "dusk ", SEEDS))]
 
 
 def _selftrain(prefix: str, oracle: bool = False) -> tuple:
@@ -300,6 +337,13 @@ TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str | tuple
     "selftrain": _selftrain("", oracle=True),
     "selftrain-fog": _selftrain("fog "),
     "selftrain-dusk": _selftrain("dusk "),
+    # the transformer's methods next to the DeepLab's source-only, DACS and ours + DACS
+    **{f"mit{suffix}": (lambda seed, name, p=prefix: seed > 0 and (
+        name in {f"{p}mit {m}" for m in MIT_METHODS} or name in {
+            f"{p}pretrained {m}" for m in ("source-only", "DACS", "ours + DACS")}), ("run",),
+        (f"source_only [run={prefix}mit source-only]", f"dacs [run={prefix}mit DACS]",
+         f"mic [run={prefix}mit MIC]"))
+       for suffix, prefix in (("", ""), ("-fog", "fog "), ("-dusk", "dusk "))},
     "sweep": (lambda seed, name: seed == 0 and name in sweep_names(), ("run",),
               "source_only [run=source-only]"),
     "gap": (lambda seed, name: "gap:" in name and seed > 0, ("run",), ""),
@@ -403,6 +447,8 @@ def similarity_quantiles(seed: int = 0, base: str = "select-warmup") -> dict[str
 
 
 def steps(group: str) -> list[tuple[str, dict[str, Experiment]]]:
+    if group == "mit":
+        return mit_steps()
     if group != "sweep":
         return PLAN[group]
     q = OUT / "quantiles.json"
@@ -414,8 +460,10 @@ def steps(group: str) -> list[tuple[str, dict[str, Experiment]]]:
 
 
 def cmd_run(args) -> None:
-    todo = steps(args.group)[: args.steps]
-    for i, (title, experiments) in enumerate(todo, 1):
+    i = 0
+    while i < len(todo := steps(args.group)[: args.steps]):  # a step may make the next ones
+        title, experiments = todo[i]
+        i += 1
         print(f"## {args.group} step {i}/{len(todo)}: {title}", flush=True)
         for seed in sorted({s for e in experiments.values() for s in e.seeds}):
             for name, exp in experiments.items():
@@ -425,8 +473,8 @@ def cmd_run(args) -> None:
 
 def cmd_list(args) -> None:
     q = OUT / "quantiles.json"
-    plan = {**PLAN, "sweep": [("stage 1", sweep(json.loads(q.read_text())) if q.is_file()
-                               else {})]}
+    plan = {**PLAN, "mit": mit_steps(),
+            "sweep": [("stage 1", sweep(json.loads(q.read_text())) if q.is_file() else {})]}
     for group, group_steps in plan.items():
         for i, (title, experiments) in enumerate(group_steps, 1):
             cells = [(n, s) for n, e in experiments.items() for s in e.seeds]

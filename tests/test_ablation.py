@@ -5,6 +5,7 @@ select the runs they name."""
 import dataclasses
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,48 @@ def test_the_control_runs_as_target_bn_and_tables_pick_their_runs(ablation):
     assert keep["fog"](1, "fog pretrained ours")
     assert keep["gap"](1, "gap: source-only") and not keep["a"](1, "gap: source-only")
     assert keep["c"](3, "selected pretrained MinEnt loss.ent=0.1 loss.ent_aux=0.02")
+
+
+def test_the_transformer_plan_follows_its_learning_rate_selection(ablation, tmp_path,
+                                                                   monkeypatch):
+    """The MiT's plan is its selection until the three selection runs are done; then the rule
+    fixed beforehand picks the lr (highest selection mIoU, the lower lr on a tie), and the
+    runner goes on into the steps that choice makes, in one `run mit`."""
+    scores = {"6e-5": 40.0, "2e-4": 45.0, "6e-4": 45.0}
+
+    def fake_load_run(folder):
+        lr = Path(folder).name.split("lr=")[1]
+        return types.SimpleNamespace(final={"miou": {"minicity": scores[lr]}},
+                                     cfg=minicity_config(tmp_path))
+
+    monkeypatch.setattr(ablation, "load_run", fake_load_run)
+    trained = []
+
+    def fake_run(name, exp, seed):
+        trained.append((name, seed))
+        folder = ablation.OUT / f"seed{seed}" / name
+        folder.mkdir(parents=True)
+        (folder / "done.json").write_text("{}")
+
+    monkeypatch.setattr(ablation, "run", fake_run)
+    assert ablation.chosen_mit_lr() is None and len(ablation.mit_steps()) == 1
+    ablation.cmd_run(types.SimpleNamespace(group="mit", steps=None))
+    assert ablation.chosen_mit_lr() == "2e-4"  # 45.0 twice: the lower lr
+    steps = ablation.mit_steps()
+    assert len(steps) == 5
+    names = {(n, s) for _, exps in steps for n, e in exps.items() for s in e.seeds}
+    assert set(trained) == names and len(trained) == 3 + 5 * (3 + 2 + 5 + 5)
+    for _, exps in steps[1:]:
+        for name, exp in exps.items():
+            cfg = minicity_config(tmp_path, [f"train.seed={exp.seeds[0]}",
+                                             *ablation.base_overrides(exp.base),
+                                             *exp.overrides], exp.method)
+            assert (cfg.model.arch, cfg.model.embed, cfg.optim.name, cfg.optim.lr) == (
+                "mit_b0", 32, "adamw", 2e-4), name
+            assert cfg.model.weights == str(ablation.MIT_WEIGHTS) and cfg.loss.aux == 0
+            assert exp.branch == 500 and cfg.selftrain.mask_patch == 12
+    keep = ablation.TABLES["mit"][0]
+    assert keep(1, "mit MIC") and keep(2, "pretrained DACS") and keep(3, "mit ours + MIC")
+    assert not keep(1, "fog mit MIC") and not keep(1, "pretrained MinEnt (1e-3, ADVENT)")
+    assert not keep(0, "select-mit source-only lr=2e-4")
+    assert ablation.TABLES["mit-fog"][0](1, "fog mit DACS")
