@@ -167,13 +167,16 @@ def test_command_line_cases(trained, tmp_path, capsys):
         (["report", str(trained), "--out", str(afile)], "is a file"),
         (["viz", ckpt, "--images", "0"], "--images"),
         (["pretrain", "--iters", "0"], "--iters"),
+        (["pretrain", "--arch", "mit_b9"], "--arch"),
+        (["pretrain", "--arch", "mit_b0", "--embed", "0"], "--embed"),
+        (["pretrain", "--embed", "16", "--out", str(tmp_path / "pt")], "--embed"),
         (["nosuchcommand"], "invalid choice"),
     ]
     for argv, word in cases:
         code, err = run_cli(argv, capsys)
         assert_one_line(code, err, word)
     assert afile.read_text() == "the user's"
-    for made in ("d", "m", "p", "images/p"):
+    for made in ("d", "m", "p", "images/p", "pt"):
         assert not (tmp_path / made).exists()
 
 

@@ -185,11 +185,14 @@ def cmd_pretrain(args) -> int:
         out = args.out or f"data/pretrain_{args.arch}"
         spec = MiTPretrainSpec(images=args.images, iters=args.iters,
                                batch_size=args.batch_size, seed=args.seed, arch=args.arch,
-                               embed=args.embed)
+                               embed=args.embed or MiTPretrainSpec.embed)
         with run_lock(out, not args.no_lock):
             weights = pretrain_mit(out, spec, workers=args.workers, progress=not args.quiet)
         print(f"use it with: --set model.arch={args.arch} model.weights={weights}")
         return 0
+    if args.embed is not None:
+        raise ConfigError(f"--embed: the width of a MiT's pretraining head, for --arch mit_*; "
+                          f"got --embed {args.embed} with --arch {args.arch}")
     from cosalign.minicity.pretrain import PretrainSpec, bundled_is_current, pretrain
 
     spec = PretrainSpec(images=args.images, iters=args.iters, batch_size=args.batch_size,
@@ -389,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--arch", choices=ARCHS, default="deeplabv2",
                     help="the network whose encoder to pretrain: the MiniCity ResNet (shipped) "
                     "or a MiT for model.arch=mit_* (its head is MiniCity's DAFormer head)")
-    pt.add_argument("--embed", type=positive_int, default=32,
-                    help="with a MiT: the pretraining head's width (dropped afterwards)")
+    pt.add_argument("--embed", type=positive_int, default=None,
+                    help="with a MiT: the pretraining head's width (default 32; dropped "
+                    "afterwards)")
     pt.add_argument("--images", type=positive_int, default=2000,
                     help="scenes rendered (a tenth held out)")
     pt.add_argument("--iters", type=positive_int, default=3000)
