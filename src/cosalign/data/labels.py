@@ -76,16 +76,6 @@ for _raw, _train in CITYSCAPES_ID_TO_TRAINID.items():
     TRAINID_TO_CITYSCAPES_ID[_train] = _raw
 
 
-def class_subset(name: str) -> tuple[int, ...]:
-    """The trainIds of a named class subset, with an error that lists the valid names."""
-    try:
-        return CLASS_SUBSETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown class subset {name!r}; expected one of {sorted(CLASS_SUBSETS)}"
-        ) from None
-
-
 def colorize(y: np.ndarray) -> np.ndarray:
     """(H, W) trainId map -> (H, W, 3) uint8 RGB image; ignore (255) is black."""
     lut = np.zeros((256, 3), dtype=np.uint8)
