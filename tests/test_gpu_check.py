@@ -27,6 +27,7 @@ def test_gpu_check_smoke_run_writes_the_tests_step_transformer_and_loss_tables(t
                    "ours_mic"):
         assert f"| {method} | bf16 |" in report and f"| {method} | fp32 |" in report
     assert report.count("| efficient |") == 10 and report.count("| plain |") == 5
+    assert "train.deterministic=true: bit-equal" in report  # the encoder's attention included
 
 
 def test_gpu_check_smoke_run_kills_resumes_evaluates_and_predicts(tmp_path):

@@ -91,7 +91,14 @@ def test_deterministic_mode_sets_and_restores(monkeypatch):
         assert torch.is_deterministic_algorithms_warn_only_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        # attention on the math backend only: the others' backward passes are not deterministic
+        assert torch.backends.cuda.math_sdp_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled()
+        assert not torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
     assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.mem_efficient_sdp_enabled()
     with deterministic_mode(False, torch.device("cpu")):
         assert not torch.are_deterministic_algorithms_enabled()
 

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cosalign.config import ConfigError
 from cosalign.engine.precision import resolve_amp
@@ -31,7 +32,11 @@ def deterministic_mode(on: bool, device: torch.device):
     Ops without a deterministic kernel (on CUDA e.g. the 2-D NLL loss behind cross-entropy)
     warn instead of failing, so a run on CUDA is reproducible up to those ops. On CUDA it sets
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set; cuBLAS reads it once, so export it before
-    starting Python for products that are deterministic too.
+    starting Python for products that are deterministic too. On CUDA the transformer's
+    attention (``F.scaled_dot_product_attention``) runs on its math backend only: the flash,
+    memory-efficient and cuDNN kernels' backward passes are not deterministic (under
+    ``warn_only`` they warn and stay so); the math backend is matrix products and a softmax,
+    and after the encoder's spatial reduction its attention matrices are small (N x N / R^2).
     """
     if not on:
         yield
@@ -40,12 +45,15 @@ def deterministic_mode(on: bool, device: torch.device):
     before = (torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled(),
               cudnn.deterministic, cudnn.benchmark)
+    attention = contextlib.nullcontext()
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        attention = sdpa_kernel(SDPBackend.MATH)
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.deterministic, cudnn.benchmark = True, False
     try:
-        yield
+        with attention:
+            yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         cudnn.deterministic, cudnn.benchmark = before[2], before[3]
