@@ -45,6 +45,7 @@ def test_premise_meter_equals_a_loop(device):
     meter.update(f_t.to(device), y_t.to(device), ref.to(device), ref_cls.to(device), tau=0.1)
     res = meter.result()
     correct = sel = agree = 0
+    same, diff = [], []
     for (i, j), cls in np.ndenumerate(y_t[0].numpy()):
         if cls == 255:
             continue
@@ -52,6 +53,10 @@ def test_premise_meter_equals_a_loop(device):
         correct += int(ref_cls[s.argmax()] == cls)
         sel += int((s > 0.1).sum())
         agree += int(((s > 0.1) & (ref_cls == cls)).sum())
+        same += s[ref_cls == cls].tolist()
+        diff += s[ref_cls != cls].tolist()
     assert res["nn_accuracy"] == pytest.approx(100 * correct / 3)
+    assert res["s_same"] == pytest.approx(np.mean(same), abs=1e-6)
+    assert res["s_diff"] == pytest.approx(np.mean(diff), abs=1e-6)
     assert res["selected_agree"] == pytest.approx(100 * agree / max(sel, 1))
     assert res["nn_chance"] == pytest.approx(100 / 3)
