@@ -4,6 +4,7 @@ runner that caches each run by name, and every table printed by ``cosalign repor
     .venv/bin/python benchmarks/minicity_ablation.py list              # the plan, what is done
     .venv/bin/python benchmarks/minicity_ablation.py run regimes       # one group, in plan order
     .venv/bin/python benchmarks/minicity_ablation.py run regimes --steps 4   # its first 4 steps
+    .venv/bin/python benchmarks/minicity_ablation.py run mit --only 4     # its 4th step alone
     .venv/bin/python benchmarks/minicity_ablation.py report            # every table again
     .venv/bin/python benchmarks/minicity_ablation.py classes "pretrained DACS" \
         "pretrained DACS + RCS"       # per-class gains over a run name, paired by seed
@@ -464,6 +465,8 @@ def cmd_run(args) -> None:
     while i < len(todo := steps(args.group)[: args.steps]):  # a step may make the next ones
         title, experiments = todo[i]
         i += 1
+        if args.only is not None and i != args.only:
+            continue
         print(f"## {args.group} step {i}/{len(todo)}: {title}", flush=True)
         for seed in sorted({s for e in experiments.values() for s in e.seeds}):
             for name, exp in experiments.items():
@@ -537,6 +540,8 @@ def main() -> None:
     r = sub.add_parser("run", help="train a group of the plan (cached, resumable)")
     r.add_argument("group", choices=["sweep", *PLAN])
     r.add_argument("--steps", type=int, default=None, help="only the first N steps")
+    r.add_argument("--only", type=int, default=None, metavar="N",
+                   help="only step N (1-based; `list` numbers them)")
     r.set_defaults(func=cmd_run)
     sub.add_parser("list", help="the plan and how much of it is done").set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="print the tables (cosalign report)")
