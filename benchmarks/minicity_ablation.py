@@ -20,8 +20,11 @@ Protocol. Every run trains the MiniCity preset for ``train.iters``. An experimen
 branches off a source-only *warm-up* of its seed at ``branch`` (the warm-up is trained once per
 seed and base, with checkpoints at 250, 500 and 750), so it shares everything with source-only
 up to there, or trains from scratch (``branch=None``). A run folder is
-``runs/ablation/seed<N>/<experiment name>``; a finished one holds ``done.json`` and is never
-trained again, so an interrupted ablation continues where it stopped.
+``runs/ablation-v2/seed<N>/<experiment name>``. A finished run is *recorded*: its
+``config.yaml``, ``metrics.jsonl`` and ``done.json`` are copied to
+``benchmarks/records/ablation-v2/seed<N>/<experiment name>`` (committed, ~tens of KB a run), so
+the tables print from a clean clone, and a recorded run is never trained again: an interrupted
+ablation continues where it stopped, and one whose ``runs/`` was lost keeps what it recorded.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ from cosalign.report import load_run, paired_gain, report
 # MiniCity v2 (docs/METHOD.md section 9). The v1 tables of docs/results/minicity.md were made
 # by this runner at commit 7369110 (v1 scenes and protocol) into runs/ablation.
 OUT = Path("runs/ablation-v2")
+RECORDS = Path("benchmarks/records/ablation-v2")  # what the tables read (see the docstring)
+RECORDED = ("config.yaml", "metrics.jsonl", "done.json")  # done.json last: a whole record
 DATA = {"photo": Path("data/minicity"), "fog": Path("data/minicity_fog"),
         "dusk": Path("data/minicity_dusk")}
 WARMUP_ITERS = (250, 500, 750)
@@ -294,7 +299,7 @@ def chosen_mit_lr() -> str | None:
     the highest mIoU on the selection split (the lower one on a tie); None until all ran."""
     scores = {}
     for lr in MIT_LRS:
-        folder = OUT / "seed0" / f"select-mit source-only lr={lr}"
+        folder = record_of(0, f"select-mit source-only lr={lr}")
         if not (folder / "done.json").is_file():
             return None
         run = load_run(folder)
@@ -403,11 +408,24 @@ def warmup(base: str, seed: int) -> Path:
     return run
 
 
+def record_of(seed: int, name: str) -> Path:
+    return RECORDS / f"seed{seed}" / name
+
+
+def save_record(folder: Path, record: Path) -> None:
+    """Copy what the tables read of a finished run folder into its record."""
+    record.mkdir(parents=True, exist_ok=True)
+    for f in RECORDED:
+        shutil.copy(folder / f, record / f)
+
+
 def run(name: str, exp: Experiment, seed: int) -> Path:
-    """Train one experiment on one seed, unless its folder says it is done."""
-    folder = OUT / f"seed{seed}" / name
-    if (folder / "done.json").is_file():
-        return folder
+    """Train one experiment on one seed unless it is recorded; return its record."""
+    folder, record = OUT / f"seed{seed}" / name, record_of(seed, name)
+    if not (record / "done.json").is_file() and (folder / "done.json").is_file():
+        save_record(folder, record)  # finished before this runner kept records
+    if (record / "done.json").is_file():
+        return record
     if f"model.weights={MIT_WEIGHTS}" in BASES[exp.base]:  # made once, cached by what made it
         pretrain_mit(MIT_WEIGHTS.parent, progress=False)
     target = [] if exp.target == "photo" else [
@@ -425,9 +443,10 @@ def run(name: str, exp: Experiment, seed: int) -> Path:
         p.unlink()
     seconds = time.perf_counter() - t0
     (folder / "done.json").write_text(json.dumps({"seconds": seconds}))
+    save_record(folder, record)
     print(f"seed {seed} {name}: mIoU {results['miou'][cfg.data.classes]:.2f} ({seconds:.0f} s)",
           flush=True)
-    return folder
+    return record
 
 
 @torch.no_grad()
@@ -481,14 +500,13 @@ def cmd_list(args) -> None:
     for group, group_steps in plan.items():
         for i, (title, experiments) in enumerate(group_steps, 1):
             cells = [(n, s) for n, e in experiments.items() for s in e.seeds]
-            done = sum((OUT / f"seed{s}" / n / "done.json").is_file() for n, s in cells)
+            done = sum((record_of(s, n) / "done.json").is_file() for n, s in cells)
             print(f"{group} step {i}: {title}: {done}/{len(cells)} runs done")
 
 
 def finished(keep) -> list[Path]:
-    """Finished run folders whose (seed, name) ``keep`` accepts (an interrupted run leaves a
-    folder that `cosalign report` rightly refuses)."""
-    return [d.parent for d in sorted(OUT.glob("seed*/*/done.json"))
+    """The records whose (seed, name) ``keep`` accepts."""
+    return [d.parent for d in sorted(RECORDS.glob("seed*/*/done.json"))
             if keep(int(d.parent.parent.name[4:]), d.parent.name)]
 
 
@@ -500,8 +518,8 @@ def cmd_report(args) -> None:
             continue
         for i, baseline in enumerate((baselines,) if isinstance(baselines, str) else baselines):
             out = OUT / f"report_{table}" if i == 0 else OUT / f"report_{table}_{i}"
-            print(f"\n### {table}: `cosalign report` over {len(runs)} run folders of "
-                  f"{OUT}/seed*/, baseline {baseline or 'none'} (`minicity_ablation.py report "
+            print(f"\n### {table}: `cosalign report` over {len(runs)} run records of "
+                  f"{RECORDS}/seed*/, baseline {baseline or 'none'} (`minicity_ablation.py report "
                   f"{table}`; written to {out})\n")
             print(report(runs, out, baseline=baseline, by=by))
 
@@ -511,7 +529,7 @@ def cmd_classes(args) -> None:
     (Student's t), from each run's last evaluation."""
     def iou(name: str) -> dict[int, dict[str, float]]:
         out = {}
-        for folder in sorted(OUT.glob(f"seed*/{name}")):
+        for folder in sorted(RECORDS.glob(f"seed*/{name}")):
             if (folder / "done.json").is_file():
                 run = load_run(folder)
                 out[run.seed] = run.final["iou"]
@@ -519,7 +537,7 @@ def cmd_classes(args) -> None:
 
     base = iou(args.base)
     if not base:
-        sys.exit(f"{args.base!r}: no finished run of that name under {OUT}/seed*/")
+        sys.exit(f"{args.base!r}: no recorded run of that name under {RECORDS}/seed*/")
     classes = list(next(iter(base.values())))
     print(f"| {args.base} -> | " + " | ".join(classes) + " | seeds |")
     print("|---" * (len(classes) + 2) + "|")

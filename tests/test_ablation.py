@@ -4,6 +4,7 @@ select the runs they name."""
 
 import dataclasses
 import importlib.util
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -23,6 +24,7 @@ def ablation(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "minicity_ablation", module)  # dataclasses look it up
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "OUT", tmp_path / "ablation")
+    monkeypatch.setattr(module, "RECORDS", tmp_path / "records")
     return module
 
 
@@ -84,15 +86,19 @@ def test_the_transformer_plan_follows_its_learning_rate_selection(ablation, tmp_
     trained = []
 
     def fake_run(name, exp, seed):
+        record = ablation.record_of(seed, name)
+        if record.is_dir():  # recorded: as run() does, not trained again
+            return
         trained.append((name, seed))
-        folder = ablation.OUT / f"seed{seed}" / name
-        folder.mkdir(parents=True)
-        (folder / "done.json").write_text("{}")
+        record.mkdir(parents=True)
+        (record / "done.json").write_text("{}")
 
     monkeypatch.setattr(ablation, "run", fake_run)
     assert ablation.chosen_mit_lr() is None and len(ablation.mit_steps()) == 1
-    ablation.cmd_run(types.SimpleNamespace(group="mit", steps=None))
+    ablation.cmd_run(types.SimpleNamespace(group="mit", steps=None, only=1))
+    assert len(trained) == 3  # --only 1: the selection, not the steps it makes
     assert ablation.chosen_mit_lr() == "2e-4"  # 45.0 twice: the lower lr
+    ablation.cmd_run(types.SimpleNamespace(group="mit", steps=None, only=None))
     steps = ablation.mit_steps()
     assert len(steps) == 5
     names = {(n, s) for _, exps in steps for n, e in exps.items() for s in e.seeds}
@@ -111,3 +117,23 @@ def test_the_transformer_plan_follows_its_learning_rate_selection(ablation, tmp_
     assert not keep(1, "fog mit MIC") and not keep(1, "pretrained MinEnt (1e-3, ADVENT)")
     assert not keep(0, "select-mit source-only lr=2e-4")
     assert ablation.TABLES["mit-fog"][0](1, "fog mit DACS")
+
+
+def test_a_finished_run_is_recorded_and_never_trained_again(ablation, monkeypatch):
+    """A run folder finished before records existed is recorded, not retrained; a recorded run
+    is skipped even when runs/ is gone; the tables read the records."""
+    monkeypatch.setattr(ablation, "train", lambda *a, **k: pytest.fail("trained again"))
+    name = "pretrained DACS"
+    exp = ablation.regime("c", ("DACS",))[name]
+    folder = ablation.OUT / "seed1" / name
+    folder.mkdir(parents=True)
+    for f, text in zip(ablation.RECORDED, ("model: {}\n", '{"iter": 1}\n', "{}")):
+        (folder / f).write_text(text)
+    (folder / "last.pt").write_text("weights")  # not part of a record
+    record = ablation.run(name, exp, 1)
+    assert record == ablation.record_of(1, name)
+    assert sorted(p.name for p in record.iterdir()) == sorted(ablation.RECORDED)
+    assert (record / "metrics.jsonl").read_text() == '{"iter": 1}\n'
+    shutil.rmtree(ablation.OUT)
+    assert ablation.run(name, exp, 1) == record
+    assert ablation.finished(ablation.TABLES["c"][0]) == [record]
