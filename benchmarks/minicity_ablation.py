@@ -22,7 +22,7 @@ seed and base, with checkpoints at 250, 500 and 750), so it shares everything wi
 up to there, or trains from scratch (``branch=None``). A run folder is
 ``runs/ablation-v2/seed<N>/<experiment name>``. A finished run is *recorded*: its
 ``config.yaml``, ``metrics.jsonl`` and ``done.json`` are copied to
-``benchmarks/records/ablation-v2/seed<N>/<experiment name>`` (committed, ~tens of KB a run), so
+``benchmarks/records/ablation-v2/seed<N>/<experiment name>`` (committed, ~5 KB a run), so
 the tables print from a clean clone, and a recorded run is never trained again: an interrupted
 ablation continues where it stopped, and one whose ``runs/`` was lost keeps what it recorded.
 """
