@@ -515,6 +515,8 @@ def cmd_report(args) -> None:
         keep, by, baselines = TABLES[table]
         runs = finished(keep)
         if not runs:
+            print(f"### {table}: no finished run of this table is recorded under {RECORDS}/seed*/ "
+                  f"(`minicity_ablation.py list` says which group trains it)", file=sys.stderr)
             continue
         for i, baseline in enumerate((baselines,) if isinstance(baselines, str) else baselines):
             out = OUT / f"report_{table}" if i == 0 else OUT / f"report_{table}_{i}"

@@ -119,6 +119,15 @@ def test_the_transformer_plan_follows_its_learning_rate_selection(ablation, tmp_
     assert ablation.TABLES["mit-fog"][0](1, "fog mit DACS")
 
 
+def test_a_table_without_records_says_so(ablation, capsys):
+    """`report` on a table with no recorded run names the table instead of printing nothing."""
+    ablation.cmd_report(types.SimpleNamespace(tables=["mit", "c"]))
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [line.split(":")[0] for line in err.splitlines()] == ["### mit", "### c"]
+    assert "no finished run" in err
+
+
 def test_a_finished_run_is_recorded_and_never_trained_again(ablation, monkeypatch):
     """A run folder finished before records existed is recorded, not retrained; a recorded run
     is skipped even when runs/ is gone; the tables read the records."""
