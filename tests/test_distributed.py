@@ -56,9 +56,7 @@ def _steps_worker(rank, world, store, cfg, out_dir):
     device = distributed.setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, 19).to(device)
-    ddp = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True)
+    ddp = distributed.wrap(model, device)
     d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
                                cfg.dictionary.per_image)
     d.to(device)
@@ -70,7 +68,9 @@ def _steps_worker(rank, world, store, cfg, out_dir):
     terms = [train_step(ddp, next(src), next(tgt), it, parts, d, opt) for it in range(4)]
     torch.save({"entries": d.entries.cpu(), "filled": d.filled.cpu(), "head": d.head.cpu(),
                 "terms": [as_floats(t) for t in terms],
-                "weight": model.head.branches[0].weight.detach().cpu()}, out_dir / f"rank{rank}.pt")
+                "weight": model.head.branches[0].weight.detach().cpu(),
+                "stats": {k: v.cpu() for k, v in model.state_dict().items()
+                          if k.endswith("running_var")}}, out_dir / f"rank{rank}.pt")
     distributed.cleanup()
 
 
@@ -104,8 +104,10 @@ def test_two_processes_share_the_dictionary_and_match_one_with_the_same_global_b
 
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert int(r0["filled"].sum()) > 0
-    for key in ("entries", "filled", "head", "weight"):
+    for key in ("entries", "filled", "head", "weight", "stats"):
         torch.testing.assert_close(r0[key], r1[key], rtol=0, atol=0)
+    # the BatchNorm statistics moved (bn: train) and are rank 0's on both ranks
+    assert steps.model.bn == "train" and not all(torch.all(v == 1) for v in r0["stats"].values())
     for terms in r0["terms"] + r1["terms"]:
         assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
     assert "cos" in r0["terms"][-1]

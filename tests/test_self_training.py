@@ -232,9 +232,7 @@ def _teacher_worker(rank, world, store, cfg, out_dir):
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model, 19).to(device)
         parts = build_terms(cfg, 19, device, model)
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+        ddp = distributed.wrap(model, device)  # two passes before one backward: see wrap
         d = ClassFeatureDictionary(19, 8, model.feature_dim).to(device)
         opt = torch.optim.SGD(model.param_groups(0.01), lr=0.01, momentum=0.9)
         src = batches(build_dataset(cfg.data.source, cfg.data, train=True), 2, 0, 0, 0)

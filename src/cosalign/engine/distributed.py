@@ -63,6 +63,35 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` under DistributedDataParallel when there are several processes, else itself.
+
+    DDP's default copies rank 0's buffers (BatchNorm's running statistics) into every rank's
+    in place before each forward. A step here runs the network up to three times before one
+    backward (the clean target pass, the mixed batch, MIC's masked image); on torch 2.6-2.12
+    that copy counts as a change to tensors the first pass's backward needs, and the backward
+    fails ("modified by an inplace operation"; pytorch/pytorch#175024, seen on torch 2.11 on
+    an H200). So buffers are not broadcast per forward; :func:`broadcast_buffers` after each
+    step gives every rank rank 0's, which is what DDP's copies leave too (rank 0's own are
+    never overwritten, so its statistics and the checkpoints it writes are the same).
+    ``find_unused_parameters``: a term may leave a head out of a step (the auxiliary head).
+    """
+    if world_size() == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True, broadcast_buffers=False)
+
+
+@torch.no_grad()
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Every rank's buffers (BatchNorm's running statistics) set to rank 0's, in place. Call
+    it between steps, when no graph holds them."""
+    if is_distributed():
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
 def all_gather_varlen(t: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's tensor (first dimensions may differ), in rank order."""
     if not is_distributed():

@@ -9,6 +9,7 @@ import ctypes.util
 import os
 import random
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -30,7 +31,10 @@ def deterministic_mode(on: bool, device: torch.device):
     process's previous settings again (the switch is global to the process).
 
     Ops without a deterministic kernel (on CUDA e.g. the 2-D NLL loss behind cross-entropy)
-    warn instead of failing, so a run on CUDA is reproducible up to those ops. On CUDA it sets
+    run as they are instead of failing, so a run on CUDA is reproducible up to those ops;
+    torch's warning about each is silenced for the run (two lines of stderr in the middle of a
+    run that the README already explains, and that would bury a failing run's one-line
+    message). On CUDA it sets
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set; cuBLAS reads it once, so export it before
     starting Python for products that are deterministic too. On CUDA the transformer's
     attention (``F.scaled_dot_product_attention``) runs on its math backend only: the flash,
@@ -52,7 +56,8 @@ def deterministic_mode(on: bool, device: torch.device):
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.deterministic, cudnn.benchmark = True, False
     try:
-        with attention:
+        with attention, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a deterministic")
             yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])

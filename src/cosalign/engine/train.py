@@ -172,8 +172,10 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
     for term in active:
         logged.update(term.after_step(step))
 
-    # 4. the dictionary takes this step's source features (gathered from every rank)
+    # 4. the dictionary takes this step's source features (gathered from every rank); every
+    # rank's BatchNorm statistics become rank 0's
     dictionary.update(step.f_s, y_s, distributed.all_gather_varlen)
+    distributed.broadcast_buffers(model)
     return {**{k: v.detach() for k, v in logged.items()}, **step.stats}
 
 
@@ -333,11 +335,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
         write_text(run_dir / "config.yaml", f"# {said}; machine: {machine}\n"
                    + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-    net = model
-    if distributed.world_size() > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+    net = distributed.wrap(model, device)
     b, w = cfg.data.batch_size, cfg.data.workers
     rcs = None
     if cfg.data.rcs_temperature > 0:
@@ -457,7 +455,10 @@ def _check_weights(it: int, model, terms: list[Term]) -> None:
     for term in terms:
         tensors += [v for v in _tensors(term.state_dict())]
     floats = [v for v in tensors if v.is_floating_point()]
-    if floats and not torch.stack([v.isfinite().all() for v in floats]).all():
+    # one flag per tensor, gathered on the model's device: an optimizer's state mixes devices
+    # (Adam's ``step`` stays a CPU tensor next to CUDA moments)
+    device = next(model.parameters()).device
+    if floats and not torch.stack([v.isfinite().all().to(device) for v in floats]).all():
         raise NonFiniteLoss(it, "weights", float("nan"))
 
 
