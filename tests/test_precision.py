@@ -13,8 +13,8 @@ from cosalign.engine.precision import cpu_kind, native_bf16, resolve_amp, signat
 from cosalign.engine.train import train
 
 AMX = {"amx_bf16": True, "avx512_bf16": True, "avx512_f": True, "avx512_bw": True,
-       "avx512_vl": True, "avx2": True}
-AVX2 = {"avx2": True}
+       "avx512_vl": True, "avx2": True, "cpu_name": "Intel Xeon"}
+AVX2 = {"avx2": True, "cpu_name": "AMD EPYC 7B13"}
 CPU = torch.device("cpu")
 
 
@@ -71,12 +71,21 @@ def test_explicit_choices_are_kept_and_emulated_bf16_is_called_slow(monkeypatch)
     assert resolve_amp("none", CPU) == ("none", "precision: fp32 (train.amp=none, cpu-amx)")
 
 
-def test_signature_names_kind_precision_torch_and_threads(monkeypatch):
+def test_signature_names_kind_precision_torch_threads_and_chip(monkeypatch):
     _machine(monkeypatch, AVX2, "AVX2")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert signature(CPU, "none") == f"cpu-avx2/fp32/torch {torch.__version__}/2 threads"
+    amd = f"cpu-avx2/fp32/torch {torch.__version__}/2 threads/AMD avx2"
+    assert signature(CPU, "none") == amd
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert signature(CPU, "bf16") == f"cpu-avx2/bf16/torch {torch.__version__}/1 thread"
+    assert signature(CPU, "bf16") == f"cpu-avx2/bf16/torch {torch.__version__}/1 thread/AMD avx2"
+    # an AMX Xeon capped to AVX2 computes with AVX2 kernels, but not bit for bit as the AMD chip
+    # (measured: the pinned terms moved by up to 8.5e-6 relative), so its records are its own
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    _machine(monkeypatch, AMX, "AVX2", "AVX2")
+    assert signature(CPU, "none") == amd.replace("AMD avx2", "Intel amx")
+    _machine(monkeypatch, {**AMX, "cpu_name": ""}, "AVX512")
+    unnamed = f"cpu-amx/bf16/torch {torch.__version__}/2 threads/unknown amx"
+    assert signature(CPU, "bf16") == unnamed
 
 
 def test_a_run_says_and_records_what_it_chose(tiny_config, tmp_path, capsys):

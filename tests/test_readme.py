@@ -39,8 +39,9 @@ def test_readme_states_the_recorded_demo_numbers():
     from tools.demo_numbers import RECORD, readme_is_current
 
     records = json.loads(RECORD.read_text())["records"]
-    # the AVX2 kind, which most machines are (MiniCity v2 has no AMX record yet: README)
+    # the AVX2 kind, which most machines are, and AMX
     assert any(s.startswith("cpu-avx2/fp32/") for s in records)
+    assert any(s.startswith("cpu-amx/bf16/") for s in records)
     assert readme_is_current(records, README.read_text()) is None, (
         "README.md's demo numbers differ from docs/results/demo.json; it should state: "
         + str(readme_is_current(records, README.read_text())))

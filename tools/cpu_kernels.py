@@ -6,8 +6,9 @@
 Prints ATen's capability (``ATEN_CPU_CAPABILITY``), the instruction set oneDNN reports and the
 implementation it picks for a convolution in fp32 and in bf16 (``ONEDNN_MAX_CPU_ISA``; read
 from oneDNN's verbose log in a child process), whether ``train.amp=auto`` picks bf16, and the
-machine signature of engine/precision.py. The second command is how an AMX machine computes as
-an AVX2-only one: both lines must then say AVX2 (README, "Reproducibility").
+machine signature of engine/precision.py. The second command is how an AMX machine computes
+with an AVX2-only CPU's kernels (close to such a chip, not bit for bit; the signature names the
+chip): both lines must then say AVX2 (README, "Reproducibility").
 """
 
 from __future__ import annotations

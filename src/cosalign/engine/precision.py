@@ -9,11 +9,14 @@ emulate bf16 in software, and one MiniCity step there took 14-19x as long as in 
 A CPU's kind is what torch's kernels will use, not only what the chip has: ATen dispatches by
 ``ATEN_CPU_CAPABILITY`` (``torch.backends.cpu.get_cpu_capability()``) and oneDNN, which runs
 the convolutions, by ``ONEDNN_MAX_CPU_ISA``. Setting both to AVX2 on an AMX machine makes it
-compute as an AVX2-only one (README, "Reproducibility"); when only one of them is capped the
-kind names both (``avx2+onednn_amx``).
+compute with an AVX2-only CPU's kernels (README, "Reproducibility"); when only one of them is
+capped the kind names both (``avx2+onednn_amx``).
 
 :func:`signature` is the key under which numbers pinned bit for bit are recorded (the pinned
-test's terms, ``make numbers``): the device kind, the precision, torch's version, the threads.
+test's terms, ``make numbers``): the device kind, the precision, torch's version, the threads,
+and for a CPU the chip itself (:func:`chip`). Capped kernels compute close to, not bit for bit
+as, another vendor's chip of that kind: an Intel AMX Xeon capped to AVX2 moved the pinned terms
+by up to 8.5e-6 relative from an AMD EPYC's AVX2 record (the libraries also tune to the chip).
 """
 
 from __future__ import annotations
@@ -123,9 +126,24 @@ def precision_name(amp: str) -> str:
     return {"none": "fp32"}.get(amp, amp)
 
 
+def chip() -> str:
+    """The CPU itself: its vendor, as torch's cpuinfo names it, and the highest level it
+    could compute at, whatever the kernels are capped to (``AMD avx2``, ``Intel amx``;
+    ``unknown`` where cpuinfo has no name)."""
+    try:
+        name = torch._C._cpu._get_cpu_capability().get("cpu_name", "")
+    except (AttributeError, RuntimeError):
+        name = ""
+    arch = platform.machine().lower()
+    level = _hardware_level() if arch in ("x86_64", "amd64") else arch
+    return f"{(name.split() or ['unknown'])[0]} {level}"
+
+
 def signature(device: torch.device, amp: str) -> str:
-    """The key of numbers recorded bit for bit: ``cpu-avx2/fp32/torch 2.13.0+cpu/2 threads``.
-    ``amp`` is the resolved one (:func:`resolve_amp`)."""
+    """The key of numbers recorded bit for bit: ``cpu-avx2/fp32/torch 2.13.0+cpu/2 threads/AMD
+    avx2`` (kind/precision/torch/threads, and the chip on a CPU). ``amp`` is the resolved one
+    (:func:`resolve_amp`)."""
     threads = torch.get_num_threads()
-    return (f"{device_kind(device)}/{precision_name(amp)}/torch {torch.__version__}/"
-            f"{threads} thread{'s' if threads != 1 else ''}")
+    key = (f"{device_kind(device)}/{precision_name(amp)}/torch {torch.__version__}/"
+           f"{threads} thread{'s' if threads != 1 else ''}")
+    return f"{key}/{chip()}" if device.type == "cpu" else key
