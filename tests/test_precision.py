@@ -79,7 +79,7 @@ def test_signature_names_kind_precision_torch_threads_and_chip(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert signature(CPU, "bf16") == f"cpu-avx2/bf16/torch {torch.__version__}/1 thread/AMD avx2"
     # an AMX Xeon capped to AVX2 computes with AVX2 kernels, but not bit for bit as the AMD chip
-    # (measured: the pinned terms moved by up to 8.5e-6 relative), so its records are its own
+    # (measured: the pinned terms moved by up to 7.4e-6 relative), so its records are its own
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     _machine(monkeypatch, AMX, "AVX2", "AVX2")
     assert signature(CPU, "none") == amd.replace("AMD avx2", "Intel amx")

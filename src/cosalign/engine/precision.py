@@ -16,7 +16,7 @@ capped the kind names both (``avx2+onednn_amx``).
 test's terms, ``make numbers``): the device kind, the precision, torch's version, the threads,
 and for a CPU the chip itself (:func:`chip`). Capped kernels compute close to, not bit for bit
 as, another vendor's chip of that kind: an Intel AMX Xeon capped to AVX2 moved the pinned terms
-by up to 8.5e-6 relative from an AMD EPYC's AVX2 record (the libraries also tune to the chip).
+by up to 7.4e-6 relative from an AMD EPYC's AVX2 record (the libraries also tune to the chip).
 """
 
 from __future__ import annotations
