@@ -2,6 +2,7 @@
 CPU's kernels compute natively, the run says it on its first line and records it."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +19,16 @@ AVX2 = {"avx2": True, "cpu_name": "AMD EPYC 7B13"}
 CPU = torch.device("cpu")
 
 
-def _machine(monkeypatch, flags: dict, aten: str, onednn: str | None = None) -> None:
-    """Pretend to be an x86 CPU with these cpuinfo ``flags``, ATen capability and oneDNN
-    cap."""
+def _machine(monkeypatch, flags: dict, aten: str, onednn: str | None = None,
+             cpuinfo: Path | None = None, vendor: str | None = None) -> None:
+    """Pretend to be an x86 CPU with these cpuinfo ``flags``, ATen capability and oneDNN cap;
+    with ``cpuinfo``, Linux's /proc/cpuinfo is that file, naming ``vendor`` (none: no file)."""
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    if cpuinfo is not None:
+        cpuinfo.unlink(missing_ok=True)
+        if vendor is not None:
+            cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\n")
+        monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
     monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: flags, raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
@@ -71,8 +78,9 @@ def test_explicit_choices_are_kept_and_emulated_bf16_is_called_slow(monkeypatch)
     assert resolve_amp("none", CPU) == ("none", "precision: fp32 (train.amp=none, cpu-amx)")
 
 
-def test_signature_names_kind_precision_torch_threads_and_chip(monkeypatch):
-    _machine(monkeypatch, AVX2, "AVX2")
+def test_signature_names_kind_precision_torch_threads_and_chip(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    _machine(monkeypatch, AVX2, "AVX2", cpuinfo=cpuinfo, vendor="AuthenticAMD")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     amd = f"cpu-avx2/fp32/torch {torch.__version__}/2 threads/AMD avx2"
     assert signature(CPU, "none") == amd
@@ -81,9 +89,11 @@ def test_signature_names_kind_precision_torch_threads_and_chip(monkeypatch):
     # an AMX Xeon capped to AVX2 computes with AVX2 kernels, but not bit for bit as the AMD chip
     # (measured: the pinned terms moved by up to 7.4e-6 relative), so its records are its own
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    _machine(monkeypatch, AMX, "AVX2", "AVX2")
+    _machine(monkeypatch, AMX, "AVX2", "AVX2", cpuinfo=cpuinfo, vendor="GenuineIntel")
     assert signature(CPU, "none") == amd.replace("AMD avx2", "Intel amx")
-    _machine(monkeypatch, {**AMX, "cpu_name": ""}, "AVX512")
+    _machine(monkeypatch, AMX, "AVX2", "AVX2", cpuinfo=cpuinfo)  # no /proc/cpuinfo: the name
+    assert signature(CPU, "none") == amd.replace("AMD avx2", "Intel amx")  # torch's cpuinfo gives
+    _machine(monkeypatch, {**AMX, "cpu_name": ""}, "AVX512", cpuinfo=cpuinfo)
     unnamed = f"cpu-amx/bf16/torch {torch.__version__}/2 threads/unknown amx"
     assert signature(CPU, "bf16") == unnamed
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -126,17 +127,33 @@ def precision_name(amp: str) -> str:
     return {"none": "fp32"}.get(amp, amp)
 
 
-def chip() -> str:
-    """The CPU itself: its vendor, as torch's cpuinfo names it, and the highest level it
-    could compute at, whatever the kernels are capped to (``AMD avx2``, ``Intel amx``;
-    ``unknown`` where cpuinfo has no name)."""
+CPUINFO = Path("/proc/cpuinfo")  # Linux: the CPUID vendor string, as ``vendor_id``
+VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}
+
+
+def _vendor() -> str:
+    """``Intel``, ``AMD``...: the CPUID vendor where Linux reports it, else the first word of
+    the name torch's cpuinfo gives (``unknown`` without either)."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                return VENDORS.get(vendor, vendor)
+    except OSError:
+        pass
     try:
         name = torch._C._cpu._get_cpu_capability().get("cpu_name", "")
     except (AttributeError, RuntimeError):
         name = ""
+    return (name.split() or ["unknown"])[0]
+
+
+def chip() -> str:
+    """The CPU itself: its vendor and the highest level it could compute at, whatever the
+    kernels are capped to (``AMD avx2``, ``Intel amx``)."""
     arch = platform.machine().lower()
     level = _hardware_level() if arch in ("x86_64", "amd64") else arch
-    return f"{(name.split() or ['unknown'])[0]} {level}"
+    return f"{_vendor()} {level}"
 
 
 def signature(device: torch.device, amp: str) -> str:
