@@ -12,7 +12,7 @@ mIoU to the last bit and the hash of the MiniCity data it trained on. The README
 record's numbers (a test checks them).
 
 On a signature with a record, the fresh numbers must equal it bit for bit. On another one (a
-new CPU kind, another torch, another thread count) float sums run in another order, so the
+new CPU kind or chip, another torch, another thread count) float sums run in another order, so the
 numbers are printed, compared with the nearest record within :data:`TOLERANCE`, and the output
 says that they are not bit for bit and how to record them; the data hash must still be equal
 (MiniCity is generated the same everywhere).
