@@ -1,13 +1,13 @@
 """Behaviour pinned across refactors: each method's loss terms after 3 steps on a tiny
 MiniCity, with a fixed seed, equal the values recorded for this machine's signature
 (tests/pinned_terms.json; engine/precision.py: the CPU kind the kernels use, the precision
-``train.amp=auto`` chose, torch, the threads).
+``train.amp=auto`` chose, torch, the threads, the chip).
 
 A CPU kind sums in its own order (and a chip capped to another's kernels in an order of its
 own), and the precision follows the CPU (bf16 on AMX, fp32 on AVX2), so each signature has its
-own record, compared to 1e-5. A machine with no record is
-compared with a record of the same precision (else any) within the measured
-:data:`TOLERANCE`, and the test says so in its output.
+own record, compared to 1e-5. A machine with no record is compared with a record of the same
+precision (else any) within the measured :data:`TOLERANCE`, and the test says so in its
+output.
 
 Record this machine (only for a new signature, or an intended change of behaviour said in the
 commit; then on the other CPU kind too, or as emulated: README, "Reproducibility"):
@@ -146,12 +146,9 @@ def test_the_records_agree_within_the_stated_tolerances():
             kind = "fp32" if a.split("/")[1] == b.split("/")[1] == "fp32" else "bf16"
             assert _differences(records[a], records[b], TOLERANCE[kind],
                                 MIOU_TOLERANCE[kind]) == [], (a, b)
-    for kind, factor in (("fp32", 1.01), ("bf16", 1.1)):  # the alignment term 1% or 10% off
-        changed = copy.deepcopy(records[avx2])
-        changed["ours"]["cos"] *= factor
-        assert _differences(changed, records[avx2], TOLERANCE[kind], MIOU_TOLERANCE[kind]) == [
-            ("ours", "cos", records[avx2]["ours"]["cos"], changed["ours"]["cos"])]
-    changed = json.loads(json.dumps(records[avx2]))
+    changed = copy.deepcopy(records[avx2])
     changed["ours"]["cos"] *= 1.1  # e.g. the alignment's loss 10% off
     assert _differences(changed, records[bf16], TOLERANCE["bf16"], MIOU_TOLERANCE["bf16"])
-    assert _differences(changed, records[avx2], TOLERANCE["fp32"], MIOU_TOLERANCE["fp32"])
+    changed["ours"]["cos"] = records[avx2]["ours"]["cos"] * 1.01  # 1% off, between fp32 records
+    assert _differences(changed, records[avx2], TOLERANCE["fp32"], MIOU_TOLERANCE["fp32"]) == [
+        ("ours", "cos", records[avx2]["ours"]["cos"], changed["ours"]["cos"])]
