@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cosalign.models.fusion_heads import DAFormerHead, SegFormerHead
-from cosalign.models.mit import PRESETS, Attention, MiT, drop_path
+from cosalign.models.mit import PRESETS, Attention, DropPath, MiT
 from cosalign.models.transformer import MiTSegmenter
 from cosalign.models.weights import WeightsError, load_weights
 
@@ -79,14 +79,15 @@ def test_attention_equals_a_naive_computation():
 def test_drop_path_drops_whole_samples_and_keeps_the_mean():
     torch.manual_seed(0)
     x = torch.ones(4000, 3, 2)
-    y = drop_path(x, 0.25, training=True)
+    drop = DropPath(0.25)
+    y = drop(x)
     per_sample = y.flatten(1)
     kept = per_sample[per_sample != 0]
     torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.75))
     assert (per_sample == per_sample[:, :1]).all()  # a sample is dropped whole or kept whole
     assert abs(float((per_sample[:, 0] == 0).float().mean()) - 0.25) < 0.03
-    assert torch.equal(drop_path(x, 0.25, training=False), x)
-    rates = [b.drop for i in range(1, 5) for b in getattr(MiT("b0"), f"block{i}")]
+    assert torch.equal(drop.eval()(x), x)
+    rates = [b.drop_path.p for i in range(1, 5) for b in getattr(MiT("b0"), f"block{i}")]
     assert rates[0] == 0.0 and abs(rates[-1] - 0.1) < 1e-7 and rates == sorted(rates)
 
 
@@ -243,13 +244,18 @@ def test_the_daformer_presets_carry_daformers_recipe():
             assert tuple(c.data.source.crop) == tuple(c.data.target.crop) == (512, 512)
             assert c.data.source.flip and c.data.target.flip and c.data.source.photometric == 0
             assert c.train.eval_every == 4000 and c.loss.aux == 0
+            # mmseg's conventions: keep-ratio resize, the source crop's cat_max_ratio, logits
+            # upsampled without corners, the cross-entropy's mean over all pixels
+            assert c.data.source.keep_ratio and c.data.target.keep_ratio and c.data.val.keep_ratio
+            assert c.data.source.cat_max_ratio == 0.75 and c.data.target.cat_max_ratio == 1
+            assert not c.model.align_corners and c.loss.seg_reduction == "all"
         assert base.loss.fd == 0 and base.data.rcs_temperature == 0  # self-training's parts
         st = cfg.selftrain
-        assert (st.alpha, st.threshold, st.mix) == (0.999, 0.968, "batch")
+        assert (st.alpha, st.ema, st.threshold, st.mix) == (0.999, "daformer", 0.968, "batch")
         assert st.ignore_top * 512 == 15 and st.ignore_bottom * 512 == 120
         assert (st.jitter, st.jitter_p, st.blur_p) == (0.2, 0.8, 0.5)
         assert cfg.loss.fd == 0.005 and cfg.data.rcs_temperature == 0.01
-        assert round(cfg.data.rcs_min_pixels * 1914 * 1052) == 3020  # 3000 px of a GTA5 label
+        assert (cfg.data.rcs_min_pixels, cfg.data.rcs_min_crop_ratio) == (3000, 0.5)
 
 
 def test_the_daformer_preset_trains_mic_from_a_mit_file(tmp_path, capsys):
@@ -277,6 +283,7 @@ def test_the_daformer_preset_trains_mic_from_a_mit_file(tmp_path, capsys):
                  "data.val.size=[64, 32]", "data.workers=0", "train.iters=3",
                  "optim.warmup_iters=1", "optim.schedule_iters=3", "train.log_every=1",
                  "train.eval_every=0", "train.checkpoint_every=3",
+                 "data.rcs_min_pixels=20",  # DAFormer's 3000 is more than a tiny label holds
                  f"train.device={TEST_DEVICE}"])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -13,6 +13,13 @@ position (a 1x1 convolution; no norm, no activation), upsample the four to strid
 
 The fused map, (B, E, H / 4, W / 4), is what the alignment pulls on (the output's ``features``);
 dropout 0.1 and a 1x1 convolution to K classes make the logits.
+
+Initialization as DAFormer's heads start (they are built of mmcv 1.x ``ConvModule``s, which
+initialize themselves): every convolution followed by BatchNorm from Kaiming normal with
+fan_out and ReLU's gain, std = sqrt(2 / (k * k * out_channels)) (whatever the groups: PyTorch's
+fan_out of a depthwise weight (C, 1, k, k) is C k k), BatchNorm 1 and 0; the embeddings (a
+``nn.Linear`` in DAFormer) as PyTorch initializes them; the classifier N(0, 0.01) with zero
+bias (mmseg's ``conv_seg``).
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ from torch import Tensor, nn
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1,
                  groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel // 2), dilation=dilation,
-                  groups=groups, bias=False),
-        nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    """mmcv's ConvModule: a convolution without bias, Kaiming-normal (fan_out, ReLU), BN, ReLU."""
+    conv = nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel // 2), dilation=dilation,
+                     groups=groups, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class _Fusion(nn.Module):
@@ -38,6 +46,8 @@ class _Fusion(nn.Module):
         self.embed = nn.ModuleList(nn.Conv2d(c, embed, 1) for c in in_channels)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(embed, num_classes, 1)
+        nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+        nn.init.zeros_(self.classifier.bias)
         self.embed_dim = embed
 
     def forward(self, maps: list[Tensor]) -> tuple[Tensor, Tensor]:

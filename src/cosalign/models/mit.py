@@ -107,13 +107,20 @@ class MixFFN(nn.Module):
         return self.fc2(F.gelu(self.dwconv(self.fc1(x), h, w)))
 
 
-def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+class DropPath(nn.Module):
     """Stochastic depth: each sample's residual branch dropped with probability ``p`` (and the
-    kept ones scaled by 1 / (1 - p)); identity in eval mode."""
-    if p == 0.0 or not training:
-        return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
-    return x * keep / (1 - p)
+    kept ones scaled by 1 / (1 - p)); identity when not training. A module, as timm's, so that
+    self-training can switch it off in the teacher alone."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
 
 
 class Block(nn.Module):
@@ -123,11 +130,11 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads, ratio)
         self.norm2 = nn.LayerNorm(dim, eps=EPS)
         self.mlp = MixFFN(dim)
-        self.drop = drop
+        self.drop_path = DropPath(drop)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = x + drop_path(self.attn(self.norm1(x), h, w), self.drop, self.training)
-        return x + drop_path(self.mlp(self.norm2(x), h, w), self.drop, self.training)
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
 class MiT(nn.Module):
