@@ -65,8 +65,7 @@ def test_the_loss_equals_a_naive_computation():
     got = term.losses(step)["mic"]
 
     torch.manual_seed(5)
-    torch.rand(b, 5)  # colour jitter's draws
-    torch.rand(2)  # blur's
+    torch.rand(()), torch.rand(())  # whether to jitter and to blur (neither: p = 0)
     u = torch.rand(b, 1, 3, 4)
     total = 0.0
     with torch.no_grad():

@@ -2,7 +2,8 @@
 Context-Enhanced Domain Adaptation", CVPR 2023), as a term after self-training's.
 
 Each step, after the mixed image's loss (methods/self_training.py), one more student pass on the
-target batch (B, 3, H, W): colour-jittered and blurred as the mixed image is (new draws), then
+target batch (B, 3, H, W): colour-jittered and blurred as MIC does (methods/mixing.py,
+``augment_masked``: one jitter call for the batch, one sigma; new draws), then
 multiplied by a patch mask M (B, 1, H, W) that keeps each ``mask_patch`` x ``mask_patch`` patch
 when u > ``mask_ratio``, u ~ U(0, 1) per patch (so 0.7 drops 70% of the patches; a dropped
 patch becomes 0, the mean colour, in the normalized input). The loss is
@@ -22,7 +23,7 @@ from torch import Tensor
 from cosalign.config import Config
 from cosalign.data.labels import IGNORE_INDEX
 from cosalign.methods.base import Step, Term
-from cosalign.methods.mixing import colour_jitter, from_unit_rgb, gaussian_blur, to_unit_rgb
+from cosalign.methods.mixing import augment_masked, from_unit_rgb, to_unit_rgb
 from cosalign.models.upsample import upsample_logits
 
 
@@ -53,13 +54,13 @@ class MaskedConsistency(Term):
         pseudo, weight = step.pseudo
         c = self.cfg
         with torch.no_grad():
-            rgb = gaussian_blur(colour_jitter(to_unit_rgb(step.x_t, self.normalization),
-                                              c.jitter, c.jitter_p), c.blur_p)
+            rgb = augment_masked(to_unit_rgb(step.x_t, self.normalization), c.jitter,
+                                 c.jitter_p, c.blur_p)
             b, _, h, w = rgb.shape
             x = from_unit_rgb(rgb, self.normalization) * patch_mask(
                 b, h, w, c.mask_patch, c.mask_ratio, rgb.device)
         with step.autocast():
             out = step.model(x)
-        pred = upsample_logits(out.logits, pseudo.shape[-2:])
+        pred = upsample_logits(out.logits, pseudo.shape[-2:], step.align_corners)
         ce = F.cross_entropy(pred, pseudo, ignore_index=IGNORE_INDEX, reduction="none")
         return {"mic": (ce * weight).mean()}

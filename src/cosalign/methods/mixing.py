@@ -1,12 +1,17 @@
-"""ClassMix and the strong augmentation of the mixed image (DACS, Tranheden et al., WACV 2021;
-as refined by DAFormer, Hoyer et al., CVPR 2022). Every random draw comes from the global torch
-generator on the CPU (saved in checkpoints), so a resumed run draws the same; tensors are made
-on the inputs' device.
+"""ClassMix and the strong augmentation of self-training (DACS, Tranheden et al., WACV 2021;
+DAFormer, Hoyer et al., CVPR 2022; MIC, Hoyer et al., CVPR 2023), as their code computes it:
+DACS's ``utils/transformsgpu.py`` and DAFormer's ``mmseg/models/utils/dacs_transforms.py``, whose
+colour jitter is kornia 0.5.8's ``ColorJitter(s, s, s, s)`` and whose blur is kornia's
+``GaussianBlur2d`` (docs/METHOD.md section 14 has the table against them).
+
+Every random draw comes from the global torch generator on the CPU (saved in checkpoints), so
+a resumed run draws the same; tensors are made on the inputs' device.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +23,8 @@ from cosalign.data.transforms import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET
 def class_mix_masks(labels: Tensor, per: str = "image") -> Tensor:
     """(B, H, W) bool: for each image, the pixels of ceil(n / 2) of the n classes present in
     its source labels (the ignore value counts as a class, as in DACS), chosen at random; with
-    ``per="batch"`` the classes are drawn once from those of the whole batch (DAFormer)."""
+    ``per="batch"`` the n classes are those of the whole batch (DAFormer), drawn anew for each
+    image."""
     masks = []
     batch_classes = torch.unique(labels) if per == "batch" else None
     for y in labels:
@@ -45,53 +51,140 @@ def from_unit_rgb(rgb: Tensor, normalization: str) -> Tensor:
     return (rgb - mean) / std
 
 
-def _gray(rgb: Tensor) -> Tensor:
-    return (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).unsqueeze(1)
+# -- colour jitter: kornia 0.5.8's ColorJitter(brightness=s, contrast=s, saturation=s, hue=s)
+
+class JitterDraws(NamedTuple):
+    """One ColorJitter call's draws for n images: factors (n,) each, and one order of the four
+    operations (0 brightness, 1 contrast, 2 saturation, 3 hue) for the whole call."""
+
+    brightness: Tensor  # U(max(0, 1 - s), min(2, 1 + s)); applied as x + (f - 1)
+    contrast: Tensor  # U(max(0, 1 - s), 1 + s); applied as x * f
+    saturation: Tensor  # U(max(0, 1 - s), 1 + s); HSV saturation * f
+    hue: Tensor  # U(max(-0.5, -s), min(0.5, s)) turns; HSV hue + 2 pi f
+    order: Tensor  # (4,) a permutation
 
 
-def colour_jitter(rgb: Tensor, strength: float, p: float) -> Tensor:
-    """Per image with probability ``p``: brightness, contrast and saturation factors drawn from
-    U(1 - s, 1 + s) and a hue rotation of U(-s, s) turns of the colour circle (in YIQ space),
-    in that order, clamped to [0, 1]; as torchvision's ColorJitter(s, s, s, s)."""
-    b = rgb.shape[0]
-    draws = torch.rand(b, 5)  # apply?, brightness, contrast, saturation, hue
-    on = (draws[:, 0] < p).to(rgb.device).view(b, 1, 1, 1)
-    f = (1 - strength + 2 * strength * draws[:, 1:4]).to(rgb.device, rgb.dtype)
-    out = (rgb * f[:, 0].view(b, 1, 1, 1)).clamp(0, 1)
-    mean = _gray(out).mean((1, 2, 3), keepdim=True)
-    out = ((out - mean) * f[:, 1].view(b, 1, 1, 1) + mean).clamp(0, 1)
-    gray = _gray(out)
-    out = ((out - gray) * f[:, 2].view(b, 1, 1, 1) + gray).clamp(0, 1)
-    theta = (2 * draws[:, 4] - 1) * strength * 2 * math.pi
-    to_yiq = rgb.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                             [0.211, -0.523, 0.312]])
-    cos, sin = torch.cos(theta).to(rgb), torch.sin(theta).to(rgb)
-    rot = torch.zeros(b, 3, 3, dtype=rgb.dtype, device=rgb.device)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (B, 3, 3)
-    out = torch.einsum("bij,bjhw->bihw", m, out).clamp(0, 1)
-    return torch.where(on, out, rgb)
+def jitter_draws(n: int, s: float) -> JitterDraws:
+    """Draws in kornia 0.5.8's order: brightness, contrast, hue, saturation, then the order."""
+
+    def uniform(low: float, high: float) -> Tensor:
+        return low + torch.rand(n) * (high - low)
+
+    b = uniform(max(0.0, 1 - s), min(2.0, 1 + s))
+    c = uniform(max(0.0, 1 - s), 1 + s)
+    h = uniform(max(-0.5, -s), min(0.5, s))
+    sat = uniform(max(0.0, 1 - s), 1 + s)
+    return JitterDraws(b, c, sat, h, torch.randperm(4))
 
 
-def gaussian_blur(rgb: Tensor, p: float, sigma_range: tuple[float, float] = (0.15, 1.15)) -> Tensor:
-    """With probability ``p``, the whole batch blurred with sigma ~ U(sigma_range) and a kernel
-    of about a tenth of the image height (odd), reflect-padded, as DACS and DAFormer do."""
-    draws = torch.rand(2)
-    if draws[0] >= p:
-        return rgb
-    sigma = sigma_range[0] + (sigma_range[1] - sigma_range[0]) * float(draws[1])
-    k = math.ceil(0.1 * rgb.shape[-2])
-    k += 1 - k % 2
-    x = torch.arange(k, dtype=rgb.dtype, device=rgb.device) - k // 2
+def rgb_to_hsv(rgb: Tensor, eps: float = 1e-6) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV with H in [0, 2 pi), S = (max - min) / (max + eps),
+    V = max; the hue from the first channel (R, G, B) that holds the maximum."""
+    r, g, b = rgb.unbind(1)
+    v, argmax = rgb.max(1)  # first maximum
+    delta = v - rgb.min(1).values
+    s = delta / (v + eps)
+    d = torch.where(delta == 0, torch.ones_like(delta), delta)
+    h = torch.where(argmax == 0, (g - b) / d,
+                    torch.where(argmax == 1, 2 + (b - r) / d, 4 + (r - g) / d))
+    return torch.stack([2 * math.pi * ((h / 6) % 1.0), s, v], 1)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_hsv` (any real hue, taken modulo 2 pi)."""
+    h, s, v = hsv.unbind(1)
+    h6 = (h / (2 * math.pi) * 6) % 6
+    sector = h6.floor().long() % 6
+    f = h6 - sector
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = torch.stack([torch.stack(c, 1) for c in
+                         ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 1)
+    return table.gather(1, sector[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
+def colour_jitter(rgb: Tensor, d: JitterDraws) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1] jittered with the draws ``d`` (B images), each operation
+    clamped to [0, 1] as kornia does (saturation in HSV)."""
+    f = {k: getattr(d, k).to(rgb.device, rgb.dtype).view(-1, 1, 1)
+         for k in ("brightness", "contrast", "saturation", "hue")}
+    out = rgb
+    for op in d.order.tolist():
+        if op == 0:
+            out = (out + f["brightness"][:, None] - 1).clamp(0, 1)
+        elif op == 1:
+            out = (out * f["contrast"][:, None]).clamp(0, 1)
+        elif op == 2:
+            h, s, v = rgb_to_hsv(out).unbind(1)
+            out = hsv_to_rgb(torch.stack([h, (s * f["saturation"]).clamp(0, 1), v], 1))
+        else:
+            h, s, v = rgb_to_hsv(out).unbind(1)
+            h = torch.fmod(h + 2 * math.pi * f["hue"], 2 * math.pi)
+            out = hsv_to_rgb(torch.stack([h, s, v], 1))
+    return out
+
+
+# -- Gaussian blur: kornia's GaussianBlur2d, reflect padding
+
+def blur_kernel_size(n: int) -> int:
+    """Taps along an axis of n pixels: floor(ceil(n / 10) - 0.5 + ceil(n / 10) mod 2), i.e.
+    ceil(n / 10) when odd, one less when even (51 at 512, 5 at 60)."""
+    c = math.ceil(0.1 * n)
+    return int(math.floor(c - 0.5 + c % 2))
+
+
+def _kernel(k: int, sigma: float, like: Tensor) -> Tensor:
+    x = torch.arange(k, dtype=like.dtype, device=like.device) - k // 2
     w = torch.exp(-(x**2) / (2 * sigma**2))
-    w = w / w.sum()
+    return w / w.sum()
+
+
+def gaussian_blur(rgb: Tensor, sigmas: Tensor) -> Tensor:
+    """(B, C, H, W) each image blurred with its own sigma (``sigmas`` (B,)), a separable kernel
+    of :func:`blur_kernel_size` (H) rows and (W) columns, reflect-padded."""
+    kh, kw = blur_kernel_size(rgb.shape[-2]), blur_kernel_size(rgb.shape[-1])
+    out = []
     c = rgb.shape[1]
-    pad = k // 2
-    out = F.pad(rgb, (pad, pad, 0, 0), mode="reflect")
-    out = F.conv2d(out, w.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    out = F.pad(out, (0, 0, pad, pad), mode="reflect")
-    return F.conv2d(out, w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    for img, sigma in zip(rgb, sigmas.tolist()):
+        x = F.pad(img[None], (kw // 2, kw // 2, 0, 0), mode="reflect")
+        x = F.conv2d(x, _kernel(kw, sigma, rgb).view(1, 1, 1, kw).expand(c, 1, 1, kw), groups=c)
+        x = F.pad(x, (0, 0, kh // 2, kh // 2), mode="reflect")
+        out.append(F.conv2d(x, _kernel(kh, sigma, rgb).view(1, 1, kh, 1).expand(c, 1, kh, 1),
+                            groups=c))
+    return torch.cat(out)
+
+
+def _sigma() -> Tensor:
+    return 0.15 + torch.rand(1)  # U(0.15, 1.15)
+
+
+def augment_mixed(rgb: Tensor, s: float, jitter_p: float, blur_p: float) -> Tensor:
+    """DACS's and DAFormer's strong augmentation of the mixed images (B, 3, H, W) RGB in
+    [0, 1]: one draw per step decides jitter (applied when u > 1 - ``jitter_p``) and one blur
+    (u > 1 - ``blur_p``) for the whole batch; then image by image (their ``strong_transform``
+    is called per image) its own jitter draws, its own order, and its own sigma."""
+    jitter_on = float(torch.rand(())) > 1 - jitter_p
+    blur_on = float(torch.rand(())) > 1 - blur_p
+    out = []
+    for img in rgb.split(1):
+        if jitter_on:
+            img = colour_jitter(img, jitter_draws(1, s))
+        if blur_on:
+            img = gaussian_blur(img, _sigma())
+        out.append(img)
+    return torch.cat(out)
+
+
+def augment_masked(rgb: Tensor, s: float, jitter_p: float, blur_p: float) -> Tensor:
+    """MIC's augmentation of the target batch before masking (``mask_mode='separatetrgaug'``):
+    the same two batch-level decisions, then one ColorJitter call for the batch (a factor per
+    image, one order) and one sigma for the batch."""
+    jitter_on = float(torch.rand(())) > 1 - jitter_p
+    blur_on = float(torch.rand(())) > 1 - blur_p
+    if jitter_on:
+        rgb = colour_jitter(rgb, jitter_draws(rgb.shape[0], s))
+    if blur_on:
+        rgb = gaussian_blur(rgb, _sigma().expand(rgb.shape[0]))
+    return rgb
 
 
 def random_crop_like(x: Tensor, y: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
