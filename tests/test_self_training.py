@@ -20,14 +20,7 @@ from cosalign.engine.train import batches, train, train_step
 from cosalign.losses import ClassFeatureDictionary
 from cosalign.methods import apply_method, build_terms
 from cosalign.methods.base import Step
-from cosalign.methods.mixing import (
-    class_mix_masks,
-    colour_jitter,
-    from_unit_rgb,
-    gaussian_blur,
-    random_crop_like,
-    to_unit_rgb,
-)
+from cosalign.methods.mixing import class_mix_masks, from_unit_rgb, random_crop_like, to_unit_rgb
 from cosalign.methods.self_training import SelfTraining
 from cosalign.models import build_model
 from tests.test_distributed import _ddp_device, _env, _rendezvous
@@ -71,41 +64,6 @@ def test_unit_rgb_inverts_the_normalization(mode):
     np.testing.assert_allclose(rgb[0].permute(1, 2, 0).numpy() * 255, image, atol=1e-3)
     torch.testing.assert_close(from_unit_rgb(rgb, mode), x, atol=1e-3, rtol=0)
     np.testing.assert_allclose(denormalize(x[0], mode), image, atol=1)
-
-
-def test_colour_jitter_identities_and_range():
-    rgb = torch.rand(3, 3, 8, 8)
-    torch.testing.assert_close(colour_jitter(rgb, 0.5, p=0.0), rgb)
-    torch.testing.assert_close(colour_jitter(rgb, 0.0, p=1.0), rgb, atol=1e-5, rtol=0)
-    gray = torch.full((2, 3, 4, 4), 0.4)
-    out = colour_jitter(gray, 0.3, p=1.0)  # a gray image stays gray (saturation, hue)
-    torch.testing.assert_close(out[:, 0], out[:, 1], atol=1e-5, rtol=0)
-    strong = colour_jitter(torch.rand(4, 3, 8, 8), 0.9, p=1.0)
-    assert strong.min() >= 0 and strong.max() <= 1
-
-
-def test_gaussian_blur_equals_a_naive_convolution():
-    rgb = torch.rand(1, 3, 20, 17)
-    torch.manual_seed(5)
-    draws = torch.rand(2)
-    torch.manual_seed(5)
-    out = gaussian_blur(rgb, p=1.0)
-    sigma = 0.15 + float(draws[1])
-    k = math.ceil(0.1 * 20)
-    k += 1 - k % 2
-    x = np.arange(k) - k // 2
-    w = np.exp(-(x**2) / (2 * sigma**2))
-    w /= w.sum()
-    kernel = np.outer(w, w)
-    pad = k // 2
-    img = np.pad(rgb[0].numpy(), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    ref = np.zeros((3, 20, 17))
-    for c in range(3):
-        for i in range(20):
-            for j in range(17):
-                ref[c, i, j] = (img[c, i:i + k, j:j + k] * kernel).sum()
-    np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-5)
-    assert gaussian_blur(rgb, p=0.0) is rgb
 
 
 def test_random_crop_keeps_image_and_label_aligned():
@@ -274,18 +232,21 @@ def test_rare_class_probabilities_and_draws():
     f = counts.sum(0) / counts.sum()  # 0.8, 0.15, 0.05
     expected = np.exp((1 - f) / 0.1) / np.exp((1 - f) / 0.1).sum()
     np.testing.assert_allclose(class_probabilities(counts, 0.1), expected)
-    sampler = RareClassSampler(counts, 0.1, min_fraction=0.15, seed=3)
-    # class 0 covers > 15% of images 0-3, class 1 of image 3 only, class 2 of image 1 only
+    sampler = RareClassSampler(counts, 0.1, min_pixels=15, min_crop_ratio=0.5, seed=3)
+    # class 0 has > 15 pixels in images 0-3, class 1 in image 3 only, class 2 in image 1 only
     assert [list(c) for c in sampler.candidates] == [[0, 1, 2, 3], [3], [1]]
     it = iter(sampler)
     draws = [next(it) for _ in range(400)]
-    share = np.bincount([i for i, _ in draws], minlength=4) / 400
+    assert all(n == 7.5 and (i, c) in {(0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (1, 2)}
+               for i, _, c, n in draws)  # the image is one of its class's candidates
+    share = np.bincount([i for i, *_ in draws], minlength=4) / 400
     p = expected  # image 3 comes from class 1 and class 0, image 1 from class 2 and class 0
     assert share[3] == pytest.approx(p[1] + p[0] / 4, abs=0.07)
     assert share[1] == pytest.approx(p[2] + p[0] / 4, abs=0.07)
-    resumed = iter(RareClassSampler(counts, 0.1, 0.15, seed=3, start=100))
+    resumed = iter(RareClassSampler(counts, 0.1, 15, 0.5, seed=3, start=100))
     assert [next(resumed) for _ in range(5)] == draws[100:105]  # a resume continues the order
-    ranks = [iter(RareClassSampler(counts, 0.1, 0.15, seed=3, rank=r, world=2)) for r in (0, 1)]
+    ranks = [iter(RareClassSampler(counts, 0.1, 15, 0.5, seed=3, rank=r, world=2))
+             for r in (0, 1)]
     assert [next(ranks[0]), next(ranks[1]), next(ranks[0])] == draws[:3]
 
 
@@ -342,6 +303,7 @@ def test_dacs_with_feature_distance_and_rare_class_sampling_trains(tiny_config, 
                           if k.startswith("backbone.")}, "pretrain": {}}, weights)
     cfg = apply_method(copy.deepcopy(tiny_config), "dacs")
     cfg.loss.fd, cfg.model.weights, cfg.data.rcs_temperature = 0.005, str(weights), 0.01
+    cfg.data.rcs_min_pixels = 20  # of a tiny label
     assert method_name(cfg) == "dacs (loss.fd=0.005)"
     train(cfg, tmp_path / "run", progress=False)
     rows = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]

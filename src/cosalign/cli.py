@@ -90,7 +90,7 @@ def _tta(args):
     return TTA(scales=tuple(args.scales), flip=args.flip,
                window=tuple(args.window) if args.window else None,
                stride=tuple(args.stride) if args.stride else None,
-               align_corners=not args.no_align_corners)
+               align_corners=args.align_corners)
 
 
 def cmd_eval(args) -> int:
@@ -289,8 +289,10 @@ def _add_tta(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=positive_int, nargs=2, metavar=("W", "H"),
                    help="sliding window")
     g.add_argument("--stride", type=positive_int, nargs=2, metavar=("X", "Y"))
-    g.add_argument("--no-align-corners", action="store_true",
-                   help="upsample logits with align_corners=False")
+    g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=None,
+                   help="upsample logits with align_corners=True (--no-align-corners: False); "
+                        "default: the run's model.align_corners (DeepLab-v2 presets True, "
+                        "DAFormer's False)")
 
 
 def build_parser() -> argparse.ArgumentParser:

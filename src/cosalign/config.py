@@ -49,6 +49,8 @@ TEACHER_MODES = ("train", "eval")
 MIX_CLASSES = ("image", "batch")
 ALIGN_ON = ("clean", "mixed")
 ALIGN_PSEUDO = ("student", "teacher")
+EMA_RULES = ("dacs", "daformer")  # methods/self_training.py
+SEG_REDUCTIONS = ("labelled", "all")  # losses/segmentation.py
 
 
 class ConfigError(ValueError):
@@ -111,7 +113,13 @@ class DomainConfig:
     label_values: str | None = None
     # resize to (width, height); None keeps size
     size: tuple[int, int] | None = bounded((1280, 720), 1)
+    # keep_ratio: scale by min(max(size) / long side, min(size) / short side) instead, as mmcv's
+    # imrescale (DAFormer: a 1914x1052 GTA5 frame becomes 1280x704); false stretches (ADVENT, DACS)
+    keep_ratio: bool = False
     crop: tuple[int, int] | None = bounded(None, 1)  # random crop (width, height) after resizing
+    # re-draw the crop (up to 10 times) while one class covers this share or more of its
+    # labelled pixels (mmseg's RandomCrop cat_max_ratio; DAFormer's source 0.75); 1: off
+    cat_max_ratio: float = bounded(1.0, 0, 1, open_low=True)
     flip: bool = False  # random horizontal flip
     # strength of random brightness/contrast/saturation/colour gains
     photometric: float = bounded(0.0, 0)
@@ -138,8 +146,11 @@ class DataConfig:
     cache: bool = False  # keep decoded, resized images in memory (small datasets)
     # rare class sampling of source images (data/rcs.py; DAFormer: temperature 0.01); 0: off
     rcs_temperature: float = bounded(0.0, 0)
-    # share of an image a class must cover to be drawn for it
-    rcs_min_pixels: float = bounded(0.0015, 0, 1, open_high=True)
+    # pixels of its label (at the file's resolution) a class must have for the image to be
+    # drawn for it (DAFormer 3000); then the crop is re-drawn (up to 10 times) until it holds
+    # more than rcs_min_crop_ratio x rcs_min_pixels of the class (DAFormer 0.5, HRDA 2; 0: off)
+    rcs_min_pixels: float = bounded(3000.0, 0)
+    rcs_min_crop_ratio: float = bounded(0.5, 0)
 
 
 @dataclass
@@ -152,6 +163,9 @@ class ModelConfig:
     feature_layer: str = choice("layer4", FEATURE_LAYERS)
     bn: str = choice("affine_frozen", BN_MODES)
     weights: str | None = None  # a local weights file, or minicity_pretrained
+    # how logits are upsampled to labels, pseudo-labels and the evaluated resolution: true as
+    # the ADVENT/DACS line (DeepLab-v2), false as DAFormer, HRDA and MIC (mmseg's heads)
+    align_corners: bool = True
     # mit_b*'s fields: the head and its embedding width E (the features the alignment sees)
     head: str = choice("daformer", FUSION_HEADS)
     embed: int = bounded(256, 1)
@@ -175,6 +189,9 @@ class LossConfig:
     # the BatchNorm control: target batches go through the network in train mode (BatchNorm
     # statistics move toward the target, as under every adaptation loss), with no loss
     target_bn: bool = False
+    # the source cross-entropy's mean: over labelled pixels (ADVENT, DACS) or over all pixels,
+    # ignored ones counting 0 (mmseg's, DAFormer's)
+    seg_reduction: str = choice("labelled", SEG_REDUCTIONS)
 
 
 @dataclass
@@ -206,6 +223,9 @@ class SelfTrainConfig:
     confident pseudo-labels on class-mixed images (DACS, DAFormer)."""
 
     alpha: float = bounded(0.999, 0, 1)  # EMA of the student's parameters (DAFormer; DACS 0.99)
+    # dacs: the first update copies the student after its first step; daformer: the student is
+    # copied at the first step and the teacher is the running mean of theta_0 .. theta_k
+    ema: str = choice("dacs", EMA_RULES)
     teacher: str = choice("train", TEACHER_MODES)  # train: batch statistics (DACS, DAFormer)
     threshold: float = bounded(0.968, 0, 1)  # max probability that counts a pixel as confident
     # fraction of rows whose pseudo-labels weigh 0 (DAFormer 15/512)

@@ -102,7 +102,9 @@ def build_dataset(domain, data, *, train: bool, labels: bool = True,
     resolution and disables augmentation (evaluation protocol)."""
     transform = JointTransform(
         size=None if domain.size is None else tuple(domain.size),
+        keep_ratio=domain.keep_ratio,
         crop=tuple(domain.crop) if (train and domain.crop) else None,
+        cat_max_ratio=domain.cat_max_ratio,
         flip=train and domain.flip,
         photometric=domain.photometric if train else 0.0,
         interpolation=data.interpolation,

@@ -51,7 +51,10 @@ class SegmentationDataset(Dataset):
     """(image, label) pairs read from disk.
 
     ``__getitem__`` takes an index or an ``(index, seed)`` pair (from :class:`InfiniteSampler`;
-    the seed drives this sample's random crop and flip) and returns a dict with ``image``
+    the seed drives this sample's random crop and flip), or an ``(index, seed, c, n)`` tuple
+    from rare class sampling (data/rcs.py): the augmentation is then re-drawn, up to 10 times,
+    until the crop holds more than n pixels of class c, as DAFormer's ``UDADataset`` re-runs
+    its pipeline. It returns a dict with ``image``
     (3, H, W) float32, ``label`` (H, W) int64 trainIds (absent when the pair has no label) and
     ``name``. With ``cache=True`` decoded, resized samples are kept in memory (small datasets).
     """
@@ -84,10 +87,18 @@ class SegmentationDataset(Dataset):
         return out
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        i, seed = item if isinstance(item, tuple) else (item, None)
+        i, seed, *rcs = item if isinstance(item, tuple) else (item, None)
         image, label = self.load(i)
         if seed is not None:
-            image, label = self.transform.augment(image, label, np.random.default_rng(seed))
+            rng = np.random.default_rng(seed)
+            base = image, label
+            image, label = self.transform.augment(*base, rng)
+            if rcs and label is not None:
+                c, n = rcs
+                for _ in range(10):
+                    if np.count_nonzero(label == c) > n:
+                        break
+                    image, label = self.transform.augment(*base, rng)
         x, y = self.transform.to_tensors(image, label)
         sample = {"image": x, "name": self.pairs[i][0].name}
         if y is not None:

@@ -3,11 +3,13 @@ classes come up more often.
 
 Each draw picks a class c with p(c) = softmax_c((1 - f_c) / T), f_c the share of the source
 tree's labelled pixels that are class c (T = ``data.rcs_temperature``, DAFormer 0.01), then an
-image uniformly among those where c covers more than ``data.rcs_min_pixels`` of the image (a
-fraction, so that it scales with the image: DAFormer's 3000 pixels of a 1914x1052 GTA5 label is
-0.0015). The per-image class pixel counts are computed once per source tree, at the labels'
-native resolution, and cached under ~/.cache/cosalign (COSALIGN_CACHE), keyed by the label
-files' names, sizes and times.
+image uniformly among those whose label holds more than ``data.rcs_min_pixels`` pixels of c (an
+absolute count at the label file's resolution: DAFormer's 3000), then the dataset re-draws the
+image's crop up to 10 times until it holds more than ``rcs_min_crop_ratio`` x
+``rcs_min_pixels`` pixels of c (DAFormer 0.5, HRDA 2.0), as DAFormer's ``UDADataset`` does. The
+per-image class pixel counts are computed once per source tree, at the labels' native
+resolution (DAFormer's ``tools/convert_datasets``), and cached under ~/.cache/cosalign
+(COSALIGN_CACHE), keyed by the label files' names, sizes and times.
 """
 
 from __future__ import annotations
@@ -58,29 +60,31 @@ def class_probabilities(counts: np.ndarray, temperature: float) -> np.ndarray:
 
 
 class RareClassSampler(Sampler):
-    """Endless (index, augmentation seed) pairs as :class:`~cosalign.data.dataset.InfiniteSampler`
-    yields them (the same seeds, the same ``start``/``rank``/``world`` contract, so a resumed
-    run continues the order), with indices drawn by rare class sampling."""
+    """Endless (index, augmentation seed, class, crop pixels) tuples: the index and seed as
+    :class:`~cosalign.data.dataset.InfiniteSampler` yields them (the same seeds, the same
+    ``start``/``rank``/``world`` contract, so a resumed run continues the order), the index
+    drawn by rare class sampling for the class, and the pixels of it the crop must exceed."""
 
-    def __init__(self, counts: np.ndarray, temperature: float, min_fraction: float, seed: int,
-                 start: int = 0, rank: int = 0, world: int = 1) -> None:
-        pixels = counts.sum(1, keepdims=True)
-        enough = counts > min_fraction * np.maximum(pixels, 1)
+    def __init__(self, counts: np.ndarray, temperature: float, min_pixels: float,
+                 min_crop_ratio: float, seed: int, start: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        enough = counts > min_pixels
+        self.crop_pixels = min_pixels * min_crop_ratio if min_crop_ratio > 0 else -1.0
         self.candidates = [np.flatnonzero(enough[:, c]) for c in range(counts.shape[1])]
         p = class_probabilities(counts, temperature)
         p = np.where([len(c) > 0 for c in self.candidates], p, 0.0)
         if p.sum() == 0:
-            raise DatasetError("rare class sampling: no class covers data.rcs_min_pixels of any "
-                               "source image; lower it")
+            raise DatasetError(f"rare class sampling: no source label holds more than "
+                               f"data.rcs_min_pixels={min_pixels:g} pixels of any class; lower it")
         self.p = torch.as_tensor(p / p.sum())
         self.seed, self.start, self.rank, self.world = seed, start, rank, world
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int, float]]:
         k = self.start * self.world + self.rank
         while True:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
             c = int(torch.multinomial(self.p, 1, generator=g))
             pool = self.candidates[c]
-            yield int(pool[int(torch.randint(len(pool), (), generator=g))]), \
-                self.seed * 1_000_003 + k
+            yield (int(pool[int(torch.randint(len(pool), (), generator=g))]),
+                   self.seed * 1_000_003 + k, c, self.crop_pixels)
             k += self.world

@@ -46,6 +46,14 @@ def denormalize(x: torch.Tensor, mode: str = "caffe") -> np.ndarray:
     return np.clip(a + 0.5, 0, 255).astype(np.uint8)
 
 
+def rescaled_size(width: int, height: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv's ``imrescale`` with a (w, h) scale: the image keeps its aspect ratio and fits in
+    it, factor f = min(max(scale) / max(w, h), min(scale) / min(w, h)); the new size is
+    (int(w f + 0.5), int(h f + 0.5)). 1914x1052 into (1280, 720): 1280x704."""
+    f = min(max(scale) / max(width, height), min(scale) / min(width, height))
+    return int(width * f + 0.5), int(height * f + 0.5)
+
+
 def resize_pair(image: np.ndarray, label: np.ndarray | None, size: tuple[int, int],
                 interpolation: str = "bilinear", resize_label: bool = True):
     """Resize to ``size`` = (width, height); the label (if any and if asked) with NEAREST."""
@@ -67,16 +75,42 @@ def photometric_jitter(image: np.ndarray, s: float, rng: np.random.Generator) ->
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
+def crop_origin(label: np.ndarray | None, h: int, w: int, ch: int, cw: int,
+                cat_max_ratio: float, rng: np.random.Generator) -> tuple[int, int]:
+    """(y0, x0) of a random ch x cw window; with ``cat_max_ratio`` < 1 and a label, the window
+    is re-drawn up to 10 times while it holds fewer than two classes or one class covers
+    ``cat_max_ratio`` or more of its labelled pixels (mmseg's RandomCrop, as DAFormer's source
+    crop uses it); the last window drawn is kept."""
+
+    def draw() -> tuple[int, int]:
+        return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+
+    y0, x0 = draw()
+    if cat_max_ratio < 1 and label is not None:
+        for _ in range(10):
+            counts = np.bincount(label[y0:y0 + ch, x0:x0 + cw].ravel(), minlength=256)
+            counts = counts[np.arange(counts.size) != IGNORE_INDEX]
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            y0, x0 = draw()
+    return y0, x0
+
+
 @dataclass(frozen=True)
 class JointTransform:
-    """Resize to ``size`` (width, height), then optionally crop ``crop`` (width, height) at a
-    random place and flip horizontally with probability 1/2, then normalize.
+    """Resize to ``size`` (width, height) (keeping the aspect ratio, mmcv's rule, with
+    ``keep_ratio``), then optionally crop ``crop`` (width, height) at a random place (re-drawn
+    under ``cat_max_ratio``: :func:`crop_origin`) and flip horizontally with probability 1/2,
+    then normalize.
 
     With ``resize_label=False`` the label keeps its full resolution (evaluation protocol).
     """
 
     size: tuple[int, int] | None = None
+    keep_ratio: bool = False
     crop: tuple[int, int] | None = None
+    cat_max_ratio: float = 1.0
     flip: bool = False
     photometric: float = 0.0  # strength s of random brightness/contrast/saturation/colour gains
     interpolation: str = "bilinear"
@@ -86,7 +120,9 @@ class JointTransform:
     def resize(self, image: np.ndarray, label: np.ndarray | None):
         if self.size is None:
             return image, label
-        return resize_pair(image, label, self.size, self.interpolation, self.resize_label)
+        size = (rescaled_size(image.shape[1], image.shape[0], self.size) if self.keep_ratio
+                else self.size)
+        return resize_pair(image, label, size, self.interpolation, self.resize_label)
 
     def augment(self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator):
         if self.crop is not None:
@@ -97,7 +133,7 @@ class JointTransform:
                 image = np.pad(image, pad + ((0, 0),))
                 label = None if label is None else np.pad(label, pad, constant_values=IGNORE_INDEX)
                 h, w = image.shape[:2]
-            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            y0, x0 = crop_origin(label, h, w, ch, cw, self.cat_max_ratio, rng)
             image = image[y0 : y0 + ch, x0 : x0 + cw]
             label = None if label is None else label[y0 : y0 + ch, x0 : x0 + cw]
         if self.flip and rng.random() < 0.5:

@@ -136,9 +136,10 @@ def format_table(results: dict[str, dict], subset: str, class_set: ClassSet = CI
 
 def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
              subsets: list[str], progress: bool = True, batch_size: int = 1,
-             class_set: ClassSet = CITYSCAPES) -> dict:
+             class_set: ClassSet = CITYSCAPES, align_corners: bool = True) -> dict:
     """mIoU on ``val_set`` (sharded over ranks, confusion matrices summed) and, when a
-    dictionary is given, the premise diagnostics of engine/diagnostics.py."""
+    dictionary is given, the premise diagnostics of engine/diagnostics.py; logits upsampled
+    with ``align_corners`` (the run's ``model.align_corners``)."""
     K = class_set.num_classes
     shard = Subset(val_set, range(distributed.rank(), len(val_set), distributed.world_size()))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=0)
@@ -150,7 +151,8 @@ def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
         def on_batch(batch, pred, out):
             meter.update(out.features, batch["label"].to(device), ref, ref_cls, tau)
 
-    cm = confusion_over(model, loader, K, device, progress=progress, on_batch=on_batch)
+    cm = confusion_over(model, loader, K, device, align_corners, progress=progress,
+                        on_batch=on_batch)
     cm = distributed.all_reduce_sum(torch.as_tensor(cm, device=device)).cpu().numpy()
     results = summarize(cm, subsets, class_set)
     results["premise"] = meter.result()  # per rank (rank 0's shard under torchrun)
@@ -168,6 +170,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
     ``which="teacher"`` evaluates a self-training run's EMA teacher."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, checkpoint = load_trained(checkpoint, device, which)
+    if tta.align_corners is None:  # the run's own convention
+        tta = replace(tta, align_corners=cfg.model.align_corners)
     classes = class_set_of(cfg)
     suffix = "" if which == "student" else f"_{which}"
     out = Path(out) if out else Path(checkpoint).with_name(f"eval_{split}{suffix}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from tqdm import tqdm
 from cosalign.config import class_set_of
 from cosalign.data.dataset import IMAGE_SUFFIXES, DatasetError, read_image
 from cosalign.data.labels import colorize
-from cosalign.data.transforms import normalize, resize_pair
+from cosalign.data.transforms import normalize, rescaled_size, resize_pair
 from cosalign.engine.checkpoint import load_trained
 from cosalign.engine.tta import TTA
 from cosalign.models.upsample import upsample_logits
@@ -89,12 +90,16 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
                 raise DatasetError(f"{other} and {path}: both would be written as "
                                    f"{server_name(name)} (--format {fmt})")
     model, cfg, _ = load_trained(checkpoint, device)
+    if tta.align_corners is None:  # the run's own convention
+        tta = replace(tta, align_corners=cfg.model.align_corners)
     check_output(Path(out_dir), inputs)  # before any image is segmented
     classes = class_set_of(cfg)
+    keep_ratio = cfg.data.val.keep_ratio and not size
     size = tuple(size) if size else tuple(cfg.data.val.size)
     for path, name in tqdm(files, desc="predict", unit="img", disable=not progress):
         image = read_image(path)
-        resized, _ = resize_pair(image, None, size, cfg.data.interpolation)
+        to = rescaled_size(image.shape[1], image.shape[0], size) if keep_ratio else size
+        resized, _ = resize_pair(image, None, to, cfg.data.interpolation)
         x = normalize(resized, cfg.data.normalization)[None].to(device)
         full = image.shape[:2]
         if tta.enabled:

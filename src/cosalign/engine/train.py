@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -30,7 +29,6 @@ from cosalign.config import Config, class_set_of, from_dict, to_dict, validate
 from cosalign.data import InfiniteSampler, build_dataset
 from cosalign.data.check import require_usable
 from cosalign.data.classes import ClassSet
-from cosalign.data.labels import IGNORE_INDEX
 from cosalign.data.rcs import RareClassSampler, class_pixel_counts
 from cosalign.data.transforms import denormalize
 from cosalign.engine import distributed
@@ -50,6 +48,7 @@ from cosalign.engine.checkpoint import (
 from cosalign.engine.divergence import LossHistory, after_divergence
 from cosalign.engine.evaluate import evaluate
 from cosalign.engine.logger import Logger, read_metrics
+from cosalign.engine.lr import learning_rate
 from cosalign.engine.precision import precision_name, resolve_amp, signature
 from cosalign.engine.runtime import (
     autocast_for,
@@ -59,13 +58,13 @@ from cosalign.engine.runtime import (
 )
 from cosalign.engine.stop import NAMES, Stopped, StopSignals, ignore_in_worker, stop_signals
 from cosalign.losses import ClassFeatureDictionary
+from cosalign.losses.segmentation import SEG_LOSSES
 from cosalign.methods import Step, Term, build_terms
 from cosalign.models import build_model
 from cosalign.models.upsample import upsample_logits
 from cosalign.models.weights import load_weights
 from cosalign.outputs import WriteError, write_text
 from cosalign.runlock import run_lock
-from cosalign.schedule import poly_lr
 
 
 class NonFiniteLoss(RuntimeError):
@@ -80,9 +79,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 def batches(dataset, batch_size: int, seed: int, start: int, workers: int,
-            rcs: tuple[np.ndarray, float, float] | None = None):
+            rcs: tuple[np.ndarray, float, float, float] | None = None):
     """Endless batches; ``start`` = batches already consumed (resume continues the order).
-    ``rcs``: (class pixel counts, temperature, min share) for rare class sampling."""
+    ``rcs``: (class pixel counts, temperature, min pixels, min crop ratio) for rare class
+    sampling."""
     rank, world = distributed.rank(), distributed.world_size()
     if rcs is None:
         sampler = InfiniteSampler(len(dataset), seed, start * batch_size, rank, world)
@@ -111,10 +111,13 @@ def as_floats(terms: dict) -> dict[str, float]:
 def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
                dictionary: ClassFeatureDictionary, opt,
                scaler: torch.amp.GradScaler | None = None, aux: float = 0.1,
-               autocast=contextlib.nullcontext, diagnose: bool = False) -> dict:
+               autocast=contextlib.nullcontext, diagnose: bool = False,
+               seg_reduction: str = "labelled", align_corners: bool = True) -> dict:
     """One iteration of any method: ``terms`` are the run's parts (methods.build_terms),
     ``aux`` the weight of the auxiliary head's source loss, ``scaler`` fp16's loss scaler
-    (default: a disabled one). Returns the unweighted loss terms
+    (default: a disabled one), ``seg_reduction`` the source loss's mean
+    (losses/segmentation.py), ``align_corners`` how every term upsamples logits
+    (``model.align_corners``). Returns the unweighted loss terms
     and diagnostics as detached 0-dim tensors (floats for those made when ``diagnose``):
     reading them waits for the GPU, so the loop reads them (:func:`as_floats`) only when it
     logs."""
@@ -130,15 +133,16 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
     with autocast():
         out_s = model(x_s)
     size_s = y_s.shape[-2:]
-    pred_s = upsample_logits(out_s.logits, size_s)
-    logged = {"seg": F.cross_entropy(pred_s, y_s, ignore_index=IGNORE_INDEX)}
+    seg_loss = SEG_LOSSES[seg_reduction]
+    pred_s = upsample_logits(out_s.logits, size_s, align_corners)
+    logged = {"seg": seg_loss(pred_s, y_s)}
     pred_s_aux = None  # a network without an auxiliary head (the transformer)
     if out_s.aux is not None:
-        pred_s_aux = upsample_logits(out_s.aux, size_s)
-        logged["seg_aux"] = F.cross_entropy(pred_s_aux, y_s, ignore_index=IGNORE_INDEX)
+        pred_s_aux = upsample_logits(out_s.aux, size_s, align_corners)
+        logged["seg_aux"] = seg_loss(pred_s_aux, y_s)
     step = Step(it=it, model=model, x_s=x_s, y_s=y_s, x_t=x_t, f_s=out_s.features.detach(),
                 pred_s=pred_s, pred_s_aux=pred_s_aux, dictionary=dictionary, autocast=autocast,
-                diagnose=diagnose, out_s=out_s)
+                diagnose=diagnose, out_s=out_s, align_corners=align_corners)
     active = [t for t in terms if t.active(it)]
     source_terms, weights = {}, {}
     for term in active:  # terms on the source pass (the feature distance)
@@ -181,14 +185,15 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
 
 @torch.no_grad()
 def _log_predictions(logger: Logger, model, val, it: int, device, colorize,
-                     n: int = 2) -> None:
+                     align_corners: bool, n: int = 2) -> None:
     """A few val images with their coloured prediction and ground truth, to TensorBoard."""
     was_training = model.training
     model.eval()
     for i in range(min(n, len(val))):
         sample = val[i]
         label = sample["label"].numpy().astype(np.uint8)
-        logits = upsample_logits(model(sample["image"][None].to(device)).logits, label.shape)
+        logits = upsample_logits(model(sample["image"][None].to(device)).logits, label.shape,
+                                 align_corners)
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         image = cv2.resize(denormalize(sample["image"]), (label.shape[1], label.shape[0]))
         logger.image(it, f"val/{i}", np.concatenate([image, colorize(pred), colorize(label)], 1))
@@ -342,7 +347,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
         values = cfg.data.source.label_values
         key = f"{classes}|{Path(values).read_text() if values else ''}"
         rcs = (class_pixel_counts(source, K, progress and main, key),
-               cfg.data.rcs_temperature, cfg.data.rcs_min_pixels)
+               cfg.data.rcs_temperature, cfg.data.rcs_min_pixels, cfg.data.rcs_min_crop_ratio)
     src_iter = batches(source, b, cfg.train.seed, start, w, rcs)
     tgt_iter = batches(target, b, cfg.train.seed + 1, start, w)
     logger = Logger(run_dir, resume_at=start)  # drops lines logged after the checkpoint
@@ -358,13 +363,14 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     t0 = time.perf_counter()
     for it in bar:
         with stop.deferred():  # a first Ctrl-C or SIGTERM lets the step finish
-            lr = poly_lr(o.lr, it, o.schedule_iters, o.power, o.warmup_iters)
+            lr = learning_rate(o.lr, it, o.schedule_iters, o.power, o.warmup_iters)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_mult"]
             diagnose = (it + 1) % t.log_every == 0
             try:
                 values = train_step(net, next(src_iter), next(tgt_iter), it, terms, dictionary,
-                                    opt, scaler, cfg.loss.aux, autocast, diagnose)
+                                    opt, scaler, cfg.loss.aux, autocast, diagnose,
+                                    cfg.loss.seg_reduction, cfg.model.align_corners)
             except NonFiniteLoss as e:
                 raise _diverged(e, run_dir, history, cfg, logger) from None
             history.add(values["seg"])
@@ -427,11 +433,12 @@ def _evaluate(model, val, device, dictionary, cfg: Config, classes: ClassSet,
     main = distributed.is_main()
     results = evaluate(model, val, device, dictionary=dictionary, tau=cfg.align.tau,
                        subsets=subsets, progress=progress and main,
-                       class_set=classes)
+                       class_set=classes, align_corners=cfg.model.align_corners)
     if logger is not None:
         logger.log(it, "eval", {k: v for k, v in results.items() if k != "confusion"})
         if logger.tb is not None:
-            _log_predictions(logger, model, val, it, device, classes.colorize)
+            _log_predictions(logger, model, val, it, device, classes.colorize,
+                             cfg.model.align_corners)
     if main:
         tqdm.write(f"iter {it}: mIoU ({subsets[0]}) {results['miou'][subsets[0]]:.2f}")
     return results

@@ -24,7 +24,7 @@ class TTA:
     flip: bool = False
     window: tuple[int, int] | None = None  # (width, height) of the sliding window
     stride: tuple[int, int] | None = None  # (x, y) step; default 2/3 of the window
-    align_corners: bool = True
+    align_corners: bool | None = True  # None: the checkpoint's model.align_corners (the CLI)
 
     @property
     def enabled(self) -> bool:

@@ -46,6 +46,7 @@ class Step:
     dictionary: Any  # losses.ClassFeatureDictionary
     autocast: Callable = contextlib.nullcontext
     diagnose: bool = False  # a logging step: terms may add diagnostics to ``stats``
+    align_corners: bool = True  # how logits are upsampled (model.align_corners)
     out_s: Any = None  # the student's source pass, during the source losses only
     out_t: Any = None
     mixed: Any = None
@@ -59,7 +60,8 @@ class Step:
         """(B, K, H, W) target logits of ``head`` ("logits" or "aux") at input resolution, fp32,
         computed once per step."""
         if head not in self._pred_t:
-            self._pred_t[head] = upsample_logits(getattr(self.out_t, head), self.x_t.shape[-2:])
+            self._pred_t[head] = upsample_logits(getattr(self.out_t, head), self.x_t.shape[-2:],
+                                                 self.align_corners)
         return self._pred_t[head]
 
 

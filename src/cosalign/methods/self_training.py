@@ -4,16 +4,22 @@ and their sources are in docs/METHOD.md section 10.
 
 Each step (shapes: target batch (B, 3, H, W)):
 
-1. the teacher labels the clean target batch: p = softmax(teacher(x_t)) at (H, W), pseudo-label
-   argmax p, and one weight per batch, q = share of pixels with max p >= ``threshold``; rows in
-   the ignored top and bottom bands weigh 0;
+1. the teacher (train mode, its dropout and stochastic depth off) labels the clean target
+   batch: p = softmax(teacher(x_t)) at (H, W), pseudo-label argmax p, and one weight per batch,
+   q = share of pixels with max p >= ``threshold``; rows in the ignored top and bottom bands
+   weigh 0;
 2. ClassMix: half of the classes of each source image (or of the batch) pasted onto the target
    image (the source batch cropped to the target's size when it is larger); label and weight
-   mixed with the same mask (source pixels weigh 1); colour jitter and blur on the mixed image;
+   mixed with the same mask (source pixels weigh 1); colour jitter and blur on the mixed image
+   (methods/mixing.py);
 3. L_st = mean over pixels of weight * CE(student(mixed), mixed label);
-4. after the optimizer step, the teacher's parameters (not its buffers) follow the student:
-   theta_T <- a_t theta_T + (1 - a_t) theta_S, a_t = min(1 - 1/(t + 1), alpha), t counting
-   from the first self-training step (a running mean first, then a fixed momentum).
+4. after the optimizer step, the teacher's parameters (not its buffers) follow the student,
+   theta_T <- a theta_T + (1 - a) theta_S, by ``selftrain.ema``:
+   - ``daformer``: the student is copied into the teacher at the first self-training step and
+     the k-th update (k = 1, 2, ...) has a = min(1 - 1/(k + 1), alpha): the teacher is the
+     running mean of theta_0 .. theta_k, then a fixed momentum (DAFormer's ``dacs.py``);
+   - ``dacs``: the k-th update (k = 0, 1, ...) has a = min(1 - 1/(k + 1), alpha), so the first
+     one copies the student after its first step and theta_0 drops out (DACS's ``trainUDA.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +34,22 @@ from cosalign.config import Config
 from cosalign.data.labels import IGNORE_INDEX
 from cosalign.methods.base import Step, Term
 from cosalign.methods.mixing import (
+    augment_mixed,
     class_mix_masks,
-    colour_jitter,
     from_unit_rgb,
-    gaussian_blur,
     random_crop_like,
     to_unit_rgb,
 )
+from cosalign.models.mit import DropPath
 from cosalign.models.upsample import upsample_logits
+
+
+def stochastic_layers_off(model: torch.nn.Module) -> None:
+    """Dropout and stochastic depth off, everything else as it is (the teacher stays in train
+    mode: BatchNorm normalizes with the target batch), as DAFormer and MIC do before labelling."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd | DropPath):
+            m.training = False
 
 
 class SelfTraining(Term):
@@ -61,6 +75,10 @@ class SelfTraining(Term):
             raise RuntimeError("SelfTraining.setup(model) must be called before training")
         if self.t0 is None:
             self.t0 = it
+            if self.cfg.ema == "daformer":  # DAFormer's _init_ema_weights: parameters only
+                with torch.no_grad():
+                    for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
+                        pt.copy_(ps)
 
     @torch.no_grad()
     def _pseudo_labels(self, step: Step) -> tuple[Tensor, Tensor, Tensor]:
@@ -71,9 +89,11 @@ class SelfTraining(Term):
             for bt, bs in zip(self.teacher.buffers(), self.student.buffers()):
                 bt.copy_(bs)
         self.teacher.train(c.teacher == "train")
+        stochastic_layers_off(self.teacher)
         with step.autocast():
             logits = self.teacher(step.x_t).logits
-        prob = torch.softmax(upsample_logits(logits, step.x_t.shape[-2:]), dim=1)
+        prob = torch.softmax(upsample_logits(logits, step.x_t.shape[-2:], step.align_corners),
+                             dim=1)
         conf, pseudo = prob.max(dim=1)
         q = (conf >= c.threshold).float().mean()
         weight = q.expand_as(conf).clone()
@@ -92,14 +112,14 @@ class SelfTraining(Term):
         with torch.no_grad():
             source = class_mix_masks(y_s, c.mix)  # (B, H, W): pasted source pixels
             x = torch.where(source.unsqueeze(1), x_s, step.x_t)
-            rgb = gaussian_blur(colour_jitter(to_unit_rgb(x, self.normalization), c.jitter,
-                                              c.jitter_p), c.blur_p)
+            rgb = augment_mixed(to_unit_rgb(x, self.normalization), c.jitter, c.jitter_p,
+                                c.blur_p)
             x = from_unit_rgb(rgb, self.normalization)
             y = torch.where(source, y_s, pseudo)
             w = torch.where(source, torch.ones_like(weight), weight)
         with step.autocast():
             out = step.model(x)
-        pred = upsample_logits(out.logits, y.shape[-2:])
+        pred = upsample_logits(out.logits, y.shape[-2:], step.align_corners)
         loss = (F.cross_entropy(pred, y, ignore_index=IGNORE_INDEX, reduction="none") * w).mean()
         step.mixed, step.mixed_target, step.teacher_logits = out, ~source, teacher_logits
         step.pseudo = pseudo, weight
@@ -107,8 +127,8 @@ class SelfTraining(Term):
 
     @torch.no_grad()
     def after_step(self, step: Step) -> dict[str, Tensor]:
-        t = step.it - self.t0
-        alpha = min(1 - 1 / (t + 1), self.cfg.alpha)
+        k = step.it - self.t0 + (self.cfg.ema == "daformer")  # this update's number
+        alpha = min(1 - 1 / (k + 1), self.cfg.alpha)
         for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
             pt.mul_(alpha).add_(ps.detach(), alpha=1 - alpha)
         return {}
