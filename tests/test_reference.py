@@ -404,3 +404,30 @@ def test_heads_start_from_mmcvs_initialization(head):
     for e in model.head.embed:  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         bound = 1 / math.sqrt(e.in_channels)
         assert float(e.weight.abs().max()) <= bound and float(e.weight.abs().max()) > 0.9 * bound
+
+
+def test_a_run_upsamples_every_logit_map_as_model_align_corners_says(tiny_config, tmp_path,
+                                                                      monkeypatch):
+    """Source loss, pseudo-labels, mixed and masked losses and the evaluation: all follow the
+    run's ``model.align_corners`` (DAFormer: False everywhere)."""
+    import cosalign.engine.evaluate
+    import cosalign.engine.train
+    import cosalign.methods.base
+    import cosalign.methods.masked_consistency
+    import cosalign.methods.self_training
+    from cosalign.engine.train import train
+    from cosalign.models.upsample import upsample_logits
+
+    seen = []
+
+    def spy(logits, size, align_corners=True):
+        seen.append(align_corners)
+        return upsample_logits(logits, size, align_corners)
+
+    for module in (cosalign.engine.train, cosalign.engine.evaluate, cosalign.methods.base,
+                   cosalign.methods.self_training, cosalign.methods.masked_consistency):
+        monkeypatch.setattr(module, "upsample_logits", spy)
+    cfg = apply_method(copy.deepcopy(tiny_config), "ours_mic")
+    cfg.model.align_corners, cfg.train.iters, cfg.align.start_iter = False, 2, 0
+    train(cfg, tmp_path / "run", progress=False)
+    assert len(seen) >= 2 * 4 + 1 and not any(seen)

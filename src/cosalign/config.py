@@ -261,7 +261,8 @@ class OptimConfig:
     schedule_iters: int = bounded(250_000, 1)
     head_lr_mult: float = bounded(10.0, 0, open_low=True)
     lr_d: float = bounded(1e-4, 0, open_low=True)  # AdvEnt discriminator (Adam, betas 0.9, 0.99)
-    # linear warm-up from lr 1e-6 x lr over these iterations (DAFormer 1500)
+    # mmcv's linear warm-up over these iterations: the poly rate x (1 - (1 - it/W)(1 - 1e-6))
+    # (DAFormer 1500; engine/lr.py)
     warmup_iters: int = bounded(0, 0)
 
 
