@@ -137,7 +137,7 @@ def run_row(preset: str, method: str, root: Path, shrink: bool) -> dict:
     steps = [r["sec"] for r in rows]  # each call's seconds since its loop started
     return {"preset": preset, "method": method, "arch": cfg.model.arch,
             "batch": cfg.data.batch_size, "step1_s": steps[0], "step2_s": steps[1],
-            "eval_s": second - steps[1], "miou": results["miou"][cfg.data.classes],
+            "eval_s": second - steps[1],
             "scored_pixels": sum(map(sum, results["confusion"])),
             "labelled_pixels": labelled_pixels(cfg),
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
