@@ -20,9 +20,10 @@ Protocol. Every run trains the MiniCity preset for ``train.iters``. An experimen
 branches off a source-only *warm-up* of its seed at ``branch`` (the warm-up is trained once per
 seed and base, with checkpoints at 250, 500 and 750), so it shares everything with source-only
 up to there, or trains from scratch (``branch=None``). A run folder is
-``runs/ablation-v2/seed<N>/<experiment name>``. A finished run is *recorded*: its
-``config.yaml``, ``metrics.jsonl`` and ``done.json`` are copied to
-``benchmarks/records/ablation-v2/seed<N>/<experiment name>`` (committed, ~5 KB a run), so
+``runs/ablation-v2/seed<N>/<folder name>`` (:func:`folder_name`: the experiment's name in
+characters a shell needs no quotes for, ``ours + DACS`` -> ``ours+DACS``). A finished run is
+*recorded*: its ``config.yaml``, ``metrics.jsonl`` and ``done.json`` are copied to
+``benchmarks/records/ablation-v2/seed<N>/<folder name>`` (committed, ~5 KB a run), so
 the tables print from a clean clone, and a recorded run is never trained again: an interrupted
 ablation continues where it stopped, and one whose ``runs/`` was lost keeps what it recorded.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import sys
 import time
@@ -71,7 +73,7 @@ BASES: dict[str, tuple[str, ...]] = {
     "select-warmup": (SELECTION,), "select-warmup-pretrained": (*PRETRAINED, SELECTION),
 }
 SEEDS = (1, 2, 3, 4, 5)  # fixed before the regimes were run
-# The transformer on MiniCity (issue 26; docs/METHOD.md section 11): MiT-B0 with a 32-wide
+# The transformer on MiniCity (docs/METHOD.md section 11): MiT-B0 with a 32-wide
 # DAFormer head (its step costs 1.7x the DeepLab's on the CPU; docs/PERFORMANCE.md), its
 # encoder from `cosalign pretrain --arch mit_b0` (not shipped: made on first use), DAFormer's
 # optimizer (AdamW, weight decay 0.01, head lr x10, poly 1.0 after a linear warm-up of 40
@@ -302,21 +304,25 @@ MIT_METHODS = {"source-only": "source_only", "DACS": "dacs", "MIC": "mic",
 # the code since, the teacher without dropout and stochastic depth, kornia's colour jitter,
 # a blur sigma per image, the heads' mmcv initialization (so the stand-in encoder is remade)
 # and mmcv's warm-up. The learning rate stays the one the selection split chose (6e-4);
-# seeds 1-5 fixed before running, 1-3 first, photo and dusk.
-MIT_REF = ("model.align_corners=false", "loss.seg_reduction=all", "selftrain.ema=daformer")
+# seeds 1-5 fixed before running, 1-3 first, photo and dusk. In fp32 on every machine
+# (train.amp=none), as the earlier MiT table: under bf16 autocast on an AMX CPU, seed 1's MIC
+# stopped on a NaN source loss that did not recur from its last checkpoint (the results page).
+MIT_REF = ("model.align_corners=false", "loss.seg_reduction=all", "selftrain.ema=daformer",
+           "train.amp=none")
 BASES |= {"warmup-mit-ref lr=6e-4": (*MIT, "optim.lr=6e-4", *MIT_REF)}
 MIT_REF_METHODS = {m: MIT_METHODS[m] for m in ("DACS", "MIC", "ours + DACS", "ours + MIC")}
 
 
-def _ref_cells(seeds: tuple[int, ...]) -> dict[str, Experiment]:
-    return {f"{label}mit-ref {m}": Experiment(method, (), "warmup-mit-ref lr=6e-4",
-                                              target=target, seeds=seeds)
-            for target, label in (("photo", ""), ("dusk", "dusk "))
-            for m, method in MIT_REF_METHODS.items()}
+def _ref_cells(seeds: tuple[int, ...], targets: tuple[str, ...]) -> dict[str, Experiment]:
+    return {f"{'' if target == 'photo' else target + ' '}mit-ref {m}": Experiment(
+        method, (), "warmup-mit-ref lr=6e-4", target=target, seeds=seeds)
+            for target in targets for m, method in MIT_REF_METHODS.items()}
 
 
-PLAN["mit-ref"] = [("photo and dusk, seeds 1-3", _ref_cells((1, 2, 3))),
-                   ("photo and dusk, seeds 4-5", _ref_cells((4, 5)))]
+# photo's seeds 1-3 before dusk's, so that the first table with intervals comes first
+PLAN["mit-ref"] = [("photo, seeds 1-3", _ref_cells((1, 2, 3), ("photo",))),
+                   ("dusk, seeds 1-3", _ref_cells((1, 2, 3), ("dusk",))),
+                   ("photo and dusk, seeds 4-5", _ref_cells((4, 5), ("photo", "dusk")))]
 
 
 def chosen_mit_lr() -> str | None:
@@ -427,9 +433,23 @@ def data_root(target: str) -> Path:
     return DATA[target]
 
 
+def folder_name(name: str) -> str:
+    """An experiment's folder: its name in characters a shell needs no quotes for
+    (``dusk mit ours + DACS`` -> ``dusk_mit_ours+DACS``, ``MinEnt (1e-3, ADVENT)`` ->
+    ``MinEnt_1e-3_ADVENT``). Idempotent, so a folder name stands for its experiment too."""
+    return re.sub(r"[^\w.+=-]+", "_", name.replace(" + ", "+")).strip("_")
+
+
+def in_folder(parent: Path, name: str) -> Path:
+    """``parent/<folder_name(name)>``, or ``parent/<name>`` where only a folder of the earlier
+    naming (the name as it is, spaces and all) exists: such runs and records are still read."""
+    new, old = parent / folder_name(name), parent / name
+    return old if old.exists() and not new.exists() else new
+
+
 def warmup(base: str, seed: int) -> Path:
     """Source-only checkpoints at every warm-up iteration of ``seed`` on ``base``."""
-    run = OUT / f"seed{seed}" / base
+    run = in_folder(OUT / f"seed{seed}", base)
     if not set(WARMUP_ITERS) <= {checkpoint_iteration(p) for p in list_checkpoints(run)}:
         cfg = minicity_config(data_root("photo"), [f"train.seed={seed}", *base_overrides(base)],
                               "source_only")
@@ -439,7 +459,7 @@ def warmup(base: str, seed: int) -> Path:
 
 
 def record_of(seed: int, name: str) -> Path:
-    return RECORDS / f"seed{seed}" / name
+    return in_folder(RECORDS / f"seed{seed}", name)
 
 
 def save_record(folder: Path, record: Path) -> None:
@@ -451,7 +471,7 @@ def save_record(folder: Path, record: Path) -> None:
 
 def run(name: str, exp: Experiment, seed: int) -> Path:
     """Train one experiment on one seed unless it is recorded; return its record."""
-    folder, record = OUT / f"seed{seed}" / name, record_of(seed, name)
+    folder, record = in_folder(OUT / f"seed{seed}", name), record_of(seed, name)
     if not (record / "done.json").is_file() and (folder / "done.json").is_file():
         save_record(folder, record)  # finished before this runner kept records
     if (record / "done.json").is_file():
@@ -534,10 +554,24 @@ def cmd_list(args) -> None:
             print(f"{group} step {i}: {title}: {done}/{len(cells)} runs done")
 
 
+def experiment_names() -> dict[str, str]:
+    """Every experiment of the plan (as far as what has run says), by folder name."""
+    q = OUT / "quantiles.json"
+    groups = [*PLAN.values(), mit_steps(),
+              [("sweep", sweep(json.loads(q.read_text())) if q.is_file() else {})]]
+    return {folder_name(n): n for group in groups for _, exps in group for n in exps}
+
+
 def finished(keep) -> list[Path]:
-    """The records whose (seed, name) ``keep`` accepts."""
+    """The records whose (seed, experiment name) ``keep`` accepts."""
+    names = experiment_names()
     return [d.parent for d in sorted(RECORDS.glob("seed*/*/done.json"))
-            if keep(int(d.parent.parent.name[4:]), d.parent.name)]
+            if keep(int(d.parent.parent.name[4:]), names.get(d.parent.name, d.parent.name))]
+
+
+def by_folder(baseline: str) -> str:
+    """A baseline group as `cosalign report` names it: ``[run=...]`` holds the folder name."""
+    return re.sub(r"\[run=([^\]]*)\]", lambda m: f"[run={folder_name(m.group(1))}]", baseline)
 
 
 def cmd_report(args) -> None:
@@ -553,7 +587,7 @@ def cmd_report(args) -> None:
             print(f"\n### {table}: `cosalign report` over {len(runs)} run records of "
                   f"{RECORDS}/seed*/, baseline {baseline or 'none'} (`minicity_ablation.py report "
                   f"{table}`; written to {out})\n")
-            print(report(runs, out, baseline=baseline, by=by))
+            print(report(runs, out, baseline=by_folder(baseline), by=by))
 
 
 def cmd_classes(args) -> None:
@@ -561,7 +595,8 @@ def cmd_classes(args) -> None:
     (Student's t), from each run's last evaluation."""
     def iou(name: str) -> dict[int, dict[str, float]]:
         out = {}
-        for folder in sorted(RECORDS.glob(f"seed*/{name}")):
+        for folder in sorted({*RECORDS.glob(f"seed*/{folder_name(name)}"),
+                              *RECORDS.glob(f"seed*/{name}")}):
             if (folder / "done.json").is_file():
                 run = load_run(folder)
                 out[run.seed] = run.final["iou"]
