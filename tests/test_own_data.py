@@ -257,13 +257,13 @@ def test_parse_class_set_default_values_are_indices():
     assert cs.lut(256)[:3].tolist() == [0, 1, 255]
 
 
-def test_the_readme_class_set_is_the_one_tested():
-    """The README's worked example (Use your own data) shows this test's 5-class set."""
+def test_the_usage_class_set_is_the_one_tested():
+    """docs/USAGE.md's worked example (Your own data) shows this test's 5-class set."""
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "USAGE.md").read_text()
     block = text.split("# mini5.yaml\n", 1)[1].split("```", 1)[0]
-    shown = parse_class_set(yaml.safe_load(block), "README.md")
+    shown = parse_class_set(yaml.safe_load(block), "USAGE.md")
     tested = parse_class_set(MINI5, "test")
     assert (shown.names, shown.colors, shown.values, shown.subsets) == (
         tested.names, tested.colors, tested.values, tested.subsets)

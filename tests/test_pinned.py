@@ -10,7 +10,7 @@ precision (else any) within the measured :data:`TOLERANCE`, and the test says so
 output.
 
 Record this machine (only for a new signature, or an intended change of behaviour said in the
-commit; then on the other CPU kind too, or as emulated: README, "Reproducibility"):
+commit; then on the other CPU kind too, or as emulated: docs/REPRODUCIBILITY.md):
 ``COSALIGN_RECORD=1 .venv/bin/python -m pytest tests/test_pinned.py``.
 """
 

@@ -32,20 +32,20 @@ def test_readme_names_the_two_commands():
     assert "make demo" in text and "make test" in text
 
 
-def test_readme_states_the_recorded_demo_numbers():
-    """The README states the demo numbers of every machine signature recorded in
+def test_reproducibility_page_states_the_recorded_demo_numbers():
+    """docs/REPRODUCIBILITY.md states the demo numbers of every machine signature recorded in
     docs/results/demo.json (what the demo printed there, bit for bit; `make numbers` re-runs the
     demo against the record of the machine it runs on)."""
-    from tools.demo_numbers import RECORD, readme_is_current
+    from tools.demo_numbers import PAGE, RECORD, page_is_current
 
     records = json.loads(RECORD.read_text())["records"]
     # the AVX2 kind, which most machines are, and AMX
     assert any(s.startswith("cpu-avx2/fp32/") for s in records)
     assert any(s.startswith("cpu-amx/bf16/") for s in records)
-    assert readme_is_current(records, README.read_text()) is None, (
-        "README.md's demo numbers differ from docs/results/demo.json; it should state: "
-        + str(readme_is_current(records, README.read_text())))
-    # and the check can fail: a README with other numbers is called stale
+    assert page_is_current(records, PAGE.read_text()) is None, (
+        "docs/REPRODUCIBILITY.md's demo numbers differ from docs/results/demo.json; it should "
+        "state: " + str(page_is_current(records, PAGE.read_text())))
+    # and the check can fail: a page with other numbers is called stale
     sig, record = next(iter(records.items()))
-    assert readme_is_current({**records, sig: {**record, "gain": record["gain"] + 1}},
-                             README.read_text())
+    assert page_is_current({**records, sig: {**record, "gain": record["gain"] + 1}},
+                           PAGE.read_text())

@@ -8,7 +8,7 @@ implementation it picks for a convolution in fp32 and in bf16 (``ONEDNN_MAX_CPU_
 from oneDNN's verbose log in a child process), whether ``train.amp=auto`` picks bf16, and the
 machine signature of engine/precision.py. The second command is how an AMX machine computes
 with an AVX2-only CPU's kernels (close to such a chip, not bit for bit; the signature names the
-chip): both lines must then say AVX2 (README, "Reproducibility").
+chip): both lines must then say AVX2 (docs/REPRODUCIBILITY.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
-"""Re-make the README's demo numbers and check them (``make numbers``).
+"""Re-make the demo's recorded numbers and check them (``make numbers``).
 
     .venv/bin/python tools/demo_numbers.py            # run the demo (3 min AMX, 11 AVX2), compare;
                                                       # exit 1 naming what is stale
     .venv/bin/python tools/demo_numbers.py --results runs/demo/results.json  # check a result
     .venv/bin/python tools/demo_numbers.py --write    # run, then record this machine's numbers
+    .venv/bin/python tools/demo_numbers.py --figures  # run, check, copy its figures to docs/
 
 ``docs/results/demo.json`` records what the demo printed, one record per machine signature
 (``cpu-avx2/fp32/torch 2.13.0+cpu/2 threads/AMD avx2``: the CPU kind its kernels used, the
 precision ``train.amp=auto`` chose, torch, the threads, the chip; engine/precision.py): every
-mIoU to the last bit and the hash of the MiniCity data it trained on. The README states each
-record's numbers (a test checks them).
+mIoU to the last bit and the hash of the MiniCity data it trained on. docs/REPRODUCIBILITY.md
+states each record's numbers (a test checks them).
 
 On a signature with a record, the fresh numbers must equal it bit for bit. On another one (a
 new CPU kind or chip, another torch, another thread count) float sums run in another order, so the
@@ -22,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "docs" / "results" / "demo.json"
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "REPRODUCIBILITY.md"  # states every record
+FIGURES = {"figure.png": ROOT / "docs" / "demo_figure.png",  # the demo's output: docs' copy
+           "features.png": ROOT / "docs" / "demo_features.png"}
 NAMES = ("source-only", "BatchNorm control", "ours")
 KEPT = ("miou", "gain", "gain_over_control", "class_subset", "iou", "minicity_content_sha256",
         "environment", "precision")
@@ -39,8 +43,8 @@ KEPT = ("miou", "gain", "gain_over_control", "class_subset", "iou", "minicity_co
 TOLERANCE = {"source-only": 4.7, "BatchNorm control": 6.0, "ours": 6.5}
 
 
-def readme_sentence(record: dict) -> str:
-    """A record's demo numbers, as the README states them."""
+def record_sentence(record: dict) -> str:
+    """A record's demo numbers, as :data:`PAGE` states them."""
     m = record["miou"]
     return (f"source-only {m['source-only']:.1f}, the BatchNorm control "
             f"{m['BatchNorm control']:.1f}, ours {m['ours']:.1f} mIoU: ours "
@@ -48,12 +52,12 @@ def readme_sentence(record: dict) -> str:
             "over the control")
 
 
-def readme_is_current(records: dict, readme: str) -> str | None:
-    """None if the README states every record's numbers, else the first missing sentence
+def page_is_current(records: dict, page: str) -> str | None:
+    """None if the page states every record's numbers, else the first missing sentence
     (with its signature)."""
-    flat = " ".join(readme.split())  # the sentence may be wrapped over lines
+    flat = " ".join(page.split())  # the sentence may be wrapped over lines
     for signature, record in records.items():
-        want = readme_sentence(record)
+        want = record_sentence(record)
         if want not in flat:
             return f"{want} (on {signature})"
     return None
@@ -82,8 +86,8 @@ def nearest(records: dict, fresh: dict) -> tuple[str, dict[str, float]]:
     return best, gaps(records[best])
 
 
-def check(records: dict, fresh: dict, readme: str) -> tuple[list[str], list[str]]:
-    """(problems, notes) of a fresh demo result against the records and the README."""
+def check(records: dict, fresh: dict, page: str) -> tuple[list[str], list[str]]:
+    """(problems, notes) of a fresh demo result against the records and :data:`PAGE`."""
     signature = fresh.get("machine")
     problems, notes = [], []
     if signature is None:
@@ -105,9 +109,10 @@ def check(records: dict, fresh: dict, readme: str) -> tuple[list[str], list[str]
         if fresh.get("minicity_content_sha256") != sha:
             problems.append(f"MiniCity data: recorded {sha[:12]}, this run "
                             f"{str(fresh.get('minicity_content_sha256'))[:12]}")
-    stale = readme_is_current(records, readme)
+    stale = page_is_current(records, page)
     if stale:
-        problems.append(f"README.md's demo numbers are stale; it should state: {stale}")
+        problems.append(f"{PAGE.relative_to(ROOT)}'s demo numbers are stale; it should state: "
+                        f"{stale}")
     return problems, notes
 
 
@@ -119,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true",
                         help="record the fresh numbers in docs/results/demo.json under this "
                              "machine's signature")
+    parser.add_argument("--figures", action="store_true",
+                        help="copy the demo's figure.png and features.png to docs/ (the "
+                             "README's picture: make figures)")
     args = parser.parse_args(argv)
     if args.results is None:
         from cosalign.demo import run_demo
@@ -126,20 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(ROOT / "data" / "minicity", args.out, progress=False)
         args.results = args.out / "results.json"
     fresh = json.loads(args.results.read_text())
+    if args.figures:
+        for name in FIGURES:
+            shutil.copy(args.results.parent / name, FIGURES[name])
+        print(f"copied the demo's figures of {fresh.get('machine')} to docs/ "
+              f"({', '.join(f.name for f in FIGURES.values())})")
     records = json.loads(RECORD.read_text())["records"]
     if args.write and fresh.get("machine"):
         records[fresh["machine"]] = {k: fresh[k] for k in KEPT if k in fresh}
         RECORD.write_text(json.dumps({"records": records}, indent=1) + "\n")
         print(f"recorded {args.results} in {RECORD.relative_to(ROOT)} under {fresh['machine']}")
-    problems, notes = check(records, fresh, README.read_text())
-    print(f"README demo numbers (this run, {fresh.get('machine')}): " + readme_sentence(fresh))
+    problems, notes = check(records, fresh, PAGE.read_text())
+    print(f"demo numbers (this run, {fresh.get('machine')}): " + record_sentence(fresh))
     for n in notes:
         print(n)
     for p in problems:
         print(p, file=sys.stderr)
     if problems or notes:
         print("to record this run's numbers: .venv/bin/python tools/demo_numbers.py --results "
-              f"{args.results} --write, then put the sentence above in README.md",
+              f"{args.results} --write, then put the sentence above in {PAGE.relative_to(ROOT)}",
               file=sys.stderr if problems else sys.stdout)
     if problems:
         return 1
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
               "this machine)")
     else:
         print(f"the demo's numbers equal the record for {fresh['machine']} bit for bit "
-              f"({RECORD.relative_to(ROOT)}) and the README states every record")
+              f"({RECORD.relative_to(ROOT)}) and {PAGE.relative_to(ROOT)} states every record")
     return 0
 
 

@@ -12,7 +12,7 @@ CPython 3.11 on Linux x86_64, the CPU build of torch). Two commands:
 On the locked platform ``install`` is ``pip install --require-hashes --no-deps``: the same bytes
 on every machine. Elsewhere (another Python, macOS, ARM) the hashes cannot match the files pip
 finds, so it installs the same versions without hashes, says so, and the results are then
-"within the seed spread", not bit for bit (README, "Reproducibility").
+"within the seed spread", not bit for bit (docs/REPRODUCIBILITY.md).
 ``tests/test_lock.py`` checks that the lock satisfies pyproject.toml and is closed under the
 dependencies of what it pins. Needs nothing but the standard library and pip.
 """

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cosalign import __version__
 from cosalign.config import ARCHS, DATASETS, DEVICES, ConfigError, class_set_of
 from cosalign.engine.checkpoint import WHICH
 from cosalign.engine.inference import FORMATS
@@ -37,7 +38,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def cmd_demo(args) -> int:
     from cosalign.demo import run_demo
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = tuple(args.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown method {unknown[0]!r}; expected some of "
@@ -60,8 +61,8 @@ def cmd_train(args) -> int:
         if not Path(config).is_file():
             raise ConfigError(f"{config}: no config in the run to resume; pass --config")
     if config is None:
-        raise ConfigError("--config is required (a YAML file or a preset: minicity, "
-                          "gta5_to_cityscapes, synthia_to_cityscapes)")
+        raise ConfigError("--config is required (a YAML file or a preset: "
+                          + ", ".join(presets()) + ")")
     cfg = method_config(config, args.set, method=args.method)
     if not args.resume and not args.out:
         run_dir = Path("runs") / f"{Path(config).stem}_{args.method or 'default'}"
@@ -272,123 +273,272 @@ count = _number(int, 0, strict=False)  # >= 0
 positive_float = _number(float, 0, strict=True)
 
 
+class Formatter(argparse.HelpFormatter):
+    """Help with each option's default (where it has one) and the examples kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if isinstance(action, ListAction):
+            return f"{self._metavar_formatter(action, default_metavar)(1)[0]}[,...]"
+        return super()._format_args(action, default_metavar)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text and default not in
+                (None, False, [], argparse.SUPPRESS) and not isinstance(default, bool)):
+            shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+            text += f" (default: {shown})"
+        return text
+
+
+class ListAction(argparse.Action):
+    """A list option: comma-separated (``--scales 0.75,1,1.25``), the one syntax of every list
+    on the command line; space-separated values (``--scales 0.75 1 1.25``) are accepted too.
+    ``type`` converts each item."""
+
+    def __init__(self, option_strings, dest, item=str, **kwargs):
+        self.item = item
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        try:
+            setattr(namespace, self.dest, [self.item(v) for v in items])
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"argument {option_string}: {e}")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add(sub, name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description, epilog=_examples(*examples),
+                          formatter_class=Formatter)
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_no_lock(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-lock", action="store_true", help="write without holding the run "
                    "folder's lock (only where the file system cannot lock files)")
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, after the preset and the method, e.g. "
+                   "train.iters=2000 align.tau=0.6 data.target.conditions=fog,night; every key "
+                   "is in src/cosalign/config.py")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES,
-                   help="auto: the GPU when there is one")
+                   help="auto: the GPU when there is one, else the CPU")
+
+
+def _add_conditions(p: argparse.ArgumentParser, extra: str = "") -> None:
+    p.add_argument("--conditions", action=ListAction, default=[], metavar="COND",
+                   help="acdc: some of fog,night,rain,snow (default all four); darkzurich: some "
+                   "of night,day,twilight (default night)" + extra)
 
 
 def _add_tta(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("test-time augmentation (off by default: published protocol)")
-    g.add_argument("--scales", type=positive_float, nargs="+", default=[1.0])
+    g = p.add_argument_group("test-time augmentation (off by default: the published protocol)")
+    g.add_argument("--scales", action=ListAction, item=positive_float, default=[1.0],
+                   metavar="S", help="input scales whose softmax outputs are averaged")
     g.add_argument("--flip", action="store_true", help="average with the mirrored image")
     g.add_argument("--window", type=positive_int, nargs=2, metavar=("W", "H"),
-                   help="sliding window")
-    g.add_argument("--stride", type=positive_int, nargs=2, metavar=("X", "Y"))
+                   help="slide a window of this size over the input instead of one pass "
+                   "(default: the whole image)")
+    g.add_argument("--stride", type=positive_int, nargs=2, metavar=("X", "Y"),
+                   help="the sliding window's step (default: two thirds of --window)")
     g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=None,
                    help="upsample logits with align_corners=True (--no-align-corners: False); "
                         "default: the run's model.align_corners (DeepLab-v2 presets True, "
                         "DAFormer's False)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="cosalign", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+def presets() -> list[str]:
+    from cosalign.config import PRESET_DIR
 
-    d = sub.add_parser("demo", help="MiniCity end to end: source-only vs ours, table + figure")
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="cosalign", formatter_class=Formatter, description=(
+        "Unsupervised domain adaptation for semantic segmentation: the cosine alignment of "
+        "Chung, Kim, Kwak (WACV 2022) with source-only, MinEnt, AdvEnt, DACS, DAFormer and MIC "
+        "in one training loop, on GTA5, SYNTHIA, Cityscapes, ACDC, Dark Zurich, your own "
+        "folders, or MiniCity (generated; no dataset or GPU needed)."),
+        epilog=_examples("cosalign demo", "cosalign train --config minicity --method ours",
+                         "cosalign train --help") + "\n\ndocs: README.md and docs/USAGE.md")
+    p.add_argument("--version", action="version", version=f"cosalign {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    methods = ", ".join(METHODS)
+
+    d = _add(sub, "demo", "MiniCity end to end: source-only, the BatchNorm control and ours",
+             "Generate MiniCity if missing, train source-only to iteration 500 from the shipped "
+             "backbone, branch each other method off that checkpoint to 1,000, evaluate on "
+             "MiniCity's target val, print the per-class table and write results.json, "
+             "figure.png, features.png and similarity.png to --out. 3 min on 2 AMX cores, 9 on "
+             "2 AVX2-only cores. Run again, it replaces its own earlier runs and nothing else.",
+             "cosalign demo",
+             "cosalign demo --methods source_only,dacs,ours_dacs --out runs/demo_st",
+             "cosalign demo --set model.weights=null model.bn=train --out runs/demo_scratch")
     d.add_argument("--data", default="data/minicity", help="MiniCity folder (made if missing)")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.iters=200")
-    d.add_argument("--methods", default="source_only,target_bn,ours",
-                   help="comma-separated, source_only first and the method to show last, e.g. "
-                   "source_only,dacs,ours_dacs (self-training, ~6 min)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--out", default="runs/demo", help="folder for the runs, results and figures")
+    _add_set(d)
+    d.add_argument("--methods", action=ListAction, metavar="METHOD",
+                   default=["source_only", "target_bn", "ours"],
+                   help=f"source_only first and the method to show last; of {methods}")
+    _add_quiet(d)
     _add_no_lock(d)
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train one method (resumes when the run has checkpoints)")
-    t.add_argument("--config", help="YAML file or preset name")
-    t.add_argument("--method", choices=list(METHODS))
+    t = _add(sub, "train", "train one method (resumes when the run has checkpoints)",
+             "Train a method on a preset or a YAML config. A run folder with checkpoints "
+             "resumes where it stopped; Ctrl-C or SIGTERM stops after the step with a "
+             "checkpoint. Writes config.yaml, metrics.jsonl, checkpoints and the final "
+             "evaluation to the run folder.",
+             "cosalign train --config minicity --method ours --out runs/mini_ours",
+             "cosalign train --config gta5_to_cityscapes_daformer --method mic --out runs/mic "
+             "--set data.source.root=data/gta5 data.target.root=data/cityscapes "
+             "data.val.root=data/cityscapes model.weights=data/mit_b5.pth",
+             "cosalign train --resume runs/mini_ours")
+    t.add_argument("--config", help="a YAML file or a preset: " + ", ".join(presets()))
+    t.add_argument("--method", choices=list(METHODS), metavar="METHOD",
+                   help=f"one of {methods} (default: the config's loss weights as they are)")
     t.add_argument("--out", help="run folder (default runs/<config>_<method>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run (its config by default)")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    t.add_argument("--quiet", action="store_true")
+    _add_set(t)
+    _add_quiet(t)
     _add_no_lock(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint: per-class IoU and mIoU")
-    e.add_argument("--checkpoint", required=True)
+    e = _add(sub, "eval", "evaluate a checkpoint: per-class IoU and mIoU",
+             "Score a checkpoint on a labelled split at the run's evaluation size, logits "
+             "upsampled to the labels' resolution; writes eval_<split>.json and .md next to "
+             "the checkpoint (or at --out).",
+             "cosalign eval --checkpoint runs/mini_ours/ckpt_0001000.pt",
+             "cosalign eval --checkpoint runs/gta5_ours/ckpt_0120000.pt --data data/cityscapes "
+             "--save-predictions runs/gta5_ours/pred",
+             "cosalign eval --checkpoint runs/gta5_ours/ckpt_0120000.pt --scales 0.75,1,1.25 "
+             "--flip")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint file (ckpt_*.pt)")
     e.add_argument("--data", help="dataset root (default: the checkpoint config's val root)")
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", default="val", help="the split to score")
     e.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"),
-                   help="network input size")
-    e.add_argument("--save-predictions", type=Path, metavar="DIR")
+                   help="network input size (default: the run's data.val.size)")
+    e.add_argument("--save-predictions", type=Path, metavar="DIR",
+                   help="also write each prediction as a trainId PNG")
     e.add_argument("--model", default="student", choices=WHICH,
-                   help="a self-training run's student (default, as DACS and DAFormer report) "
-                   "or its EMA teacher")
+                   help="a self-training run's student (as DACS and DAFormer report) or its "
+                   "EMA teacher")
     e.add_argument("--out", type=Path, help="results path without suffix (.json and .md)")
-    e.add_argument("--quiet", action="store_true")
+    _add_quiet(e)
     _add_device(e)
     _add_tta(e)
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="segment your own images")
-    pr.add_argument("--checkpoint", required=True)
+    pr = _add(sub, "predict", "segment your own images",
+              "Segment image files or folders with a checkpoint. By default each image gets "
+              "_trainIds.png, _color.png and _overlay.png, named by its path inside the input "
+              "folder; --format writes one PNG per image named as the image, as test servers "
+              "take them.",
+              "cosalign predict --checkpoint runs/gta5_ours/ckpt_0120000.pt my_photos/ "
+              "--out my_predictions",
+              "cosalign predict --checkpoint runs/cs2acdc/ckpt_0120000.pt "
+              "data/acdc/rgb_anon/night/test --format trainids --out submit/")
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint file (ckpt_*.pt)")
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--out", required=True, type=Path)
-    pr.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"))
+    pr.add_argument("--out", required=True, type=Path, help="output folder (not inside an input)")
+    pr.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"),
+                    help="network input size (default: the run's data.val.size)")
     pr.add_argument("--format", choices=FORMATS, help="one PNG per image named as the image, "
                     "in a test server's format: trainids (ACDC, Dark Zurich), labelids "
-                    "(Cityscapes), color; default: _trainIds, _color and _overlay PNGs")
-    pr.add_argument("--quiet", action="store_true")
+                    "(Cityscapes), color (default: _trainIds, _color and _overlay PNGs)")
+    _add_quiet(pr)
     _add_device(pr)
     _add_tta(pr)
     pr.set_defaults(func=cmd_predict)
 
-    sc = sub.add_parser("score", help="mIoU of predictions made by any tool")
+    sc = _add(sub, "score", "mIoU of predictions made by any tool",
+              "Score a folder of prediction PNGs against a labelled split: per-class IoU and "
+              "mIoU over every subset of the class set, the same numbers as cosalign eval. A "
+              "missing, extra, doubled or mis-sized prediction is one line naming the file.",
+              "cosalign score my_predictions/ data/cityscapes --dataset cityscapes "
+              "--format labelids",
+              "cosalign score my_predictions/ data/acdc --dataset acdc --split val "
+              "--conditions night",
+              "cosalign score preds/ own/val --dataset folder --classes mini5.yaml")
     sc.add_argument("predictions", type=Path, help="folder of prediction PNGs")
     sc.add_argument("root", help="the dataset's root")
-    sc.add_argument("--dataset", required=True, choices=DATASETS)
+    sc.add_argument("--dataset", required=True, choices=DATASETS, help="the tree's layout")
     sc.add_argument("--split", help="default val (cityscapes, acdc, darkzurich), else train")
     sc.add_argument("--format", default="trainids", choices=SCORE_FORMATS,
                     help="trainids: class indices of the class set; labelids: label ids")
     sc.add_argument("--classes", default="cityscapes", metavar="SET",
                     help="class set: cityscapes, synthia16, synthia13 or a YAML file")
-    sc.add_argument("--conditions", nargs="+", default=[], metavar="COND")
-    sc.add_argument("--list-file")
-    sc.add_argument("--image-suffix", default="")
-    sc.add_argument("--label-suffix", default=".png")
-    sc.add_argument("--label-values", metavar="FILE")
+    _add_conditions(sc)
+    sc.add_argument("--list-file", help="score only the images this file lists")
+    sc.add_argument("--image-suffix", default="", help="folder: what ends an image file name "
+                    "after its path (default: any image extension)")
+    sc.add_argument("--label-suffix", default=".png", help="folder: the same for labels")
+    sc.add_argument("--label-values", metavar="FILE",
+                    help="folder: the tree's own values map onto the class set")
     sc.add_argument("--out", type=Path, help="also write the results as JSON")
-    sc.add_argument("--quiet", action="store_true")
+    _add_quiet(sc)
     sc.set_defaults(func=cmd_score)
 
-    r = sub.add_parser("report", help="results across runs and seeds: tables with paired "
-                       "intervals, plots")
+    r = _add(sub, "report", "results across runs and seeds: tables with paired intervals, plots",
+             "Group finished runs by method (and by --by keys) and seed; write report.md and "
+             "report.csv (per-class IoU and mIoU, mean and std over seeds, each group's gain "
+             "over the baseline paired by seed with a 95% Student's t interval), miou.png and "
+             "train.png. Reads run folders only: no checkpoint or GPU needed.",
+             "cosalign report runs/gta5_*_seed* --baseline source_only --out runs/report",
+             "cosalign report runs/sweep --by align.tau --out runs/report_tau",
+             "cosalign report benchmarks/records/ablation-v2/seed*/fog_mit_* --by run "
+             "--baseline 'dacs [run=fog_mit_DACS]'")
     r.add_argument("runs", nargs="+", help="run folders (a folder of runs stands for them all)")
     r.add_argument("--baseline", default="source_only",
-                   help="the group gains are paired against (default source_only)")
-    r.add_argument("--by", nargs="*", default=[], metavar="KEY",
-                   help="config keys that also split groups, e.g. loss.tau")
+                   help="the group gains are paired against: a method, or with --by, a group "
+                   "as the table names it, e.g. 'dacs [run=NAME]'")
+    r.add_argument("--by", action=ListAction, default=[], metavar="KEY",
+                   help="config keys that also split groups, e.g. align.tau; run: the run "
+                   "folder's name")
     r.add_argument("--out", default="runs/report", help="folder for report.md/.csv and plots")
     r.set_defaults(func=cmd_report)
 
-    v = sub.add_parser("viz", help="see the alignment: feature PCA maps, similarity maps")
+    v = _add(sub, "viz", "see the alignment: feature PCA maps, similarity maps",
+             "features.png: source and target features at labelled positions mapped to 2-D by "
+             "PCA, one panel per checkpoint; similarity.png: for target images, the prediction, "
+             "each position's highest cosine to its predicted class's dictionary entries, and "
+             "which positions pass tau.",
+             "cosalign viz runs/demo/source_only/ckpt_0001000.pt "
+             "runs/demo/ours/ckpt_0001000.pt --out runs/viz")
     v.add_argument("checkpoints", nargs="+", help="e.g. a source-only and an adapted checkpoint "
                    "(before and after); the similarity maps use the last")
-    v.add_argument("--out", default="runs/viz")
+    v.add_argument("--out", default="runs/viz", help="folder for features.png, similarity.png")
     v.add_argument("--images", type=positive_int, default=20,
                    help="images per domain in the PCA map")
     _add_device(v)
     v.set_defaults(func=cmd_viz)
 
-    pt = sub.add_parser("pretrain", help="pretrain a MiniCity backbone on randomized scenes "
-                        "(ImageNet's part; cached by the hash of what made it)")
+    pt = _add(sub, "pretrain", "pretrain a MiniCity backbone on randomized scenes (ImageNet's "
+              "part)",
+              "Train a backbone to segment 14 materials of MiniCity's street layouts under a "
+              "random appearance per image and keep the encoder: MiniCity's stand-in for "
+              "ImageNet weights. Cached by the hash of the settings and code that made it. 14 "
+              "min on 2 AVX2 cores (ResNet), 29 (mit_b0).",
+              "cosalign pretrain --out data/pretrain",
+              "cosalign pretrain --arch mit_b0")
     pt.add_argument("--out", help="folder for backbone.pt (default data/pretrain, or "
                     "data/pretrain_ARCH for a transformer)")
     pt.add_argument("--arch", choices=ARCHS, default="deeplabv2",
@@ -399,37 +549,57 @@ def build_parser() -> argparse.ArgumentParser:
                     "afterwards)")
     pt.add_argument("--images", type=positive_int, default=2000,
                     help="scenes rendered (a tenth held out)")
-    pt.add_argument("--iters", type=positive_int, default=3000)
-    pt.add_argument("--batch-size", type=positive_int, default=8)
-    pt.add_argument("--seed", type=count, default=0)
+    pt.add_argument("--iters", type=positive_int, default=3000, help="training iterations")
+    pt.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
+    pt.add_argument("--seed", type=count, default=0, help="the scenes' and the run's seed")
     pt.add_argument("--workers", type=positive_int, default=2,
                     help="processes rendering the scenes")
-    pt.add_argument("--quiet", action="store_true")
+    _add_quiet(pt)
     _add_no_lock(pt)
     pt.set_defaults(func=cmd_pretrain)
 
-    data = sub.add_parser("data", help="datasets: make MiniCity, check or convert a tree")
-    dsub = data.add_subparsers(dest="data_command", required=True)
-    mk = dsub.add_parser("make", help="generate MiniCity")
-    mk.add_argument("--out", default="data/minicity")
-    mk.add_argument("--target-style", default="photo", choices=TARGET_STYLES)
-    mk.add_argument("--num-source", type=positive_int, default=600)
-    mk.add_argument("--num-target", type=positive_int, default=600)
-    mk.add_argument("--seed", type=count, default=0)
-    mk.add_argument("--workers", type=positive_int, default=2)
+    data = sub.add_parser("data", help="datasets: make MiniCity, check or convert a tree",
+                          formatter_class=Formatter, epilog=_examples(
+                              "cosalign data make --out data/minicity",
+                              "cosalign data check data/gta5 --dataset gta5",
+                              "cosalign data convert data/gta5 --dataset gta5"))
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    mk = _add(dsub, "make", "generate MiniCity",
+              "Generate MiniCity: a game-like source in GTA5's layout and a target in "
+              "Cityscapes' layout, byte for byte the same on every machine.",
+              "cosalign data make --out data/minicity",
+              "cosalign data make --out data/minicity_fog --target-style fog")
+    mk.add_argument("--out", default="data/minicity", help="the folder to write")
+    mk.add_argument("--target-style", default="photo", choices=TARGET_STYLES,
+                    help="the target domain's appearance")
+    mk.add_argument("--num-source", type=positive_int, default=600, help="source images")
+    mk.add_argument("--num-target", type=positive_int, default=600,
+                    help="target images (train and val)")
+    mk.add_argument("--seed", type=count, default=0, help="the scenes' seed")
+    mk.add_argument("--workers", type=positive_int, default=2, help="rendering processes")
     mk.set_defaults(func=cmd_data_make)
-    for name, func, helptext in (("check", cmd_data_check, "is a dataset tree usable?"),
-                                 ("convert", cmd_data_convert, "write *_labelTrainIds.png")):
-        c = dsub.add_parser(name, help=helptext)
-        c.add_argument("root")
-        c.add_argument("--dataset", required=True, choices=DATASETS)
+    for name, func, helptext, description, examples in (
+            ("check", cmd_data_check, "is a dataset tree usable?",
+             "Count images and labels, find unpaired, unreadable and mis-sized files and label "
+             "values outside the class set, print the class histogram; exit 0 means usable "
+             "(cosalign train refuses what it rejects).",
+             ("cosalign data check data/cityscapes --dataset cityscapes",
+              "cosalign data check data/acdc --dataset acdc --conditions fog,night",
+              "cosalign data check own/val --dataset folder --classes mini5.yaml "
+              "--image-suffix _leftImg8bit.png --label-suffix _gtFine_labelIds.png")),
+            ("convert", cmd_data_convert, "write *_labelTrainIds.png",
+             "Write each label file's class indices next to it as *_labelTrainIds.png, which "
+             "the readers then prefer (optional: labels are mapped on the fly otherwise).",
+             ("cosalign data convert data/gta5 --dataset gta5",
+              "cosalign data convert data/cityscapes --dataset cityscapes --split val"))):
+        c = _add(dsub, name, helptext, description, *examples)
+        c.add_argument("root", help="the dataset's root")
+        c.add_argument("--dataset", required=True, choices=DATASETS, help="the tree's layout")
         c.add_argument("--split", help="cityscapes, acdc, darkzurich split (check: cityscapes "
                        "default every split present; darkzurich val; else train)")
-        c.add_argument("--list-file")
-        c.add_argument("--conditions", nargs="+", default=[], metavar="COND",
-                       help="acdc: fog night rain snow (default all); darkzurich: night day "
-                       "twilight (default night)")
-        c.add_argument("--quiet", action="store_true")
+        c.add_argument("--list-file", help="only the images this file lists")
+        _add_conditions(c)
+        _add_quiet(c)
         if name == "convert":
             c.add_argument("--force", action="store_true", help="rewrite existing files")
         else:

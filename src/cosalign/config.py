@@ -333,8 +333,8 @@ def _suggest(cfg: Config, key: str) -> str:
 
 def _coerce(value, hint, key: str):
     """Check ``value`` against the type hint of field ``key`` (ints pass for floats, lists for
-    tuples, None for optional fields; YAML 1.1 reads ``1e-3`` as a string, so a string that
-    Python reads as a number passes for a float)."""
+    tuples, None for optional fields, ``"a,b"`` for a list; YAML 1.1 reads ``1e-3`` as a string,
+    so a string that Python reads as a number passes for a float)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -347,6 +347,8 @@ def _coerce(value, hint, key: str):
                 errors.append(str(e))
         raise ConfigError(errors[0])
     if origin in (tuple, list):
+        if isinstance(value, str):  # --set KEY=a,b: the command line's list syntax
+            value = [yaml.safe_load(v) for v in value.split(",")]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item = args[0] if args else object

@@ -9,7 +9,7 @@ emulate bf16 in software, and one MiniCity step there took 14-19x as long as in 
 A CPU's kind is what torch's kernels will use, not only what the chip has: ATen dispatches by
 ``ATEN_CPU_CAPABILITY`` (``torch.backends.cpu.get_cpu_capability()``) and oneDNN, which runs
 the convolutions, by ``ONEDNN_MAX_CPU_ISA``. Setting both to AVX2 on an AMX machine makes it
-compute with an AVX2-only CPU's kernels (README, "Reproducibility"); when only one of them is
+compute with an AVX2-only CPU's kernels (docs/REPRODUCIBILITY.md); when only one of them is
 capped the kind names both (``avx2+onednn_amx``).
 
 :func:`signature` is the key under which numbers pinned bit for bit are recorded (the pinned

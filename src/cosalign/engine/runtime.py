@@ -33,7 +33,7 @@ def deterministic_mode(on: bool, device: torch.device):
     Ops without a deterministic kernel (on CUDA e.g. the 2-D NLL loss behind cross-entropy)
     run as they are instead of failing, so a run on CUDA is reproducible up to those ops;
     torch's warning about each is silenced for the run (two lines of stderr in the middle of a
-    run that the README already explains, and that would bury a failing run's one-line
+    run that docs/USAGE.md already explains, and that would bury a failing run's one-line
     message). On CUDA it sets
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set; cuBLAS reads it once, so export it before
     starting Python for products that are deterministic too. On CUDA the transformer's
