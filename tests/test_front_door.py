@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cosalign.cli import ListAction, build_parser
+from cosalign.config import Config, flatten, to_dict
 from cosalign.methods import method_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,22 @@ def _commands() -> list[tuple[str, list[str]]]:
 COMMANDS = _commands()
 
 
+def _check_keys(ns: argparse.Namespace, where: str) -> None:
+    """What parsing leaves unchecked: a train command's preset, method and --set keys load;
+    report's --by keys are config keys (or the run's name)."""
+    if ns.command == "train" and ns.config:
+        method_config(ns.config, [s for s in ns.set if s != "..."], ns.method)
+    if ns.command == "report":
+        assert set(ns.by) <= set(flatten(to_dict(Config()))) | {"run"}, where
+
+
+def _write_class_sets(folder: Path) -> None:
+    """The class set files the pages write (```yaml blocks that start with # NAME.yaml)."""
+    for page in (README, USAGE):
+        for name, body in re.findall(r"```yaml\n# (\S+\.yaml)\n(.*?)```", page.read_text(), re.S):
+            (folder / name).write_text(body)
+
+
 def test_the_readme_is_short():
     assert len(README.read_text().splitlines()) < 200
 
@@ -71,13 +88,9 @@ def test_every_command_shown_parses(where, args, tmp_path, monkeypatch):
         ns = build_parser().parse_args([a for a in args if a != "..."])
     except SystemExit as e:
         pytest.fail(f"{where}: does not parse (exit {e.code})")
-    if ns.command == "train" and ns.config:  # and its preset, method and keys load,
-        monkeypatch.chdir(tmp_path)  # next to the files the pages write (# mini5.yaml)
-        for page in (README, USAGE):
-            for name, body in re.findall(r"```yaml\n# (\S+\.yaml)\n(.*?)```", page.read_text(),
-                                         re.S):
-                (tmp_path / name).write_text(body)
-        method_config(ns.config, [s for s in ns.set if s != "..."], ns.method)
+    monkeypatch.chdir(tmp_path)
+    _write_class_sets(tmp_path)
+    _check_keys(ns, where)
 
 
 def test_a_wrong_command_is_caught():
@@ -148,6 +161,20 @@ def test_every_option_has_help_and_every_command_examples():
                     and action.default != argparse.SUPPRESS):
                 assert f"default: {action.default}" in " ".join(text.split()), (
                     f"{name} {action.option_strings[0]}")
+
+
+def test_every_example_of_the_help_parses(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_class_sets(tmp_path)
+    examples = 0
+    for name, parser in _parsers(build_parser()):
+        for line in (parser.epilog or "").split("examples:\n")[-1].splitlines():
+            args = _cosalign_args(line.strip())
+            if not args or args[-1] == "--help":
+                continue
+            _check_keys(build_parser().parse_args(args), f"{name} --help: {line}")
+            examples += 1
+    assert examples >= 25
 
 
 def test_lists_are_comma_separated_and_spaces_are_accepted():

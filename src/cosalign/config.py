@@ -9,7 +9,7 @@ when it is loaded (and when a run starts), including what one field cannot say a
 class set and its subsets, each domain's dataset options. The sections say one thing
 each: ``loss`` the weight of every term (the methods of cosalign/methods/table.py set them),
 ``align`` the settings of the cosine alignment, ``dictionary`` those of the source feature
-dictionary. Keys of the layout before 0.2 (``loss.tau``, ``loss.capacity``,
+dictionary. Keys of the first layout (``loss.tau``, ``loss.capacity``,
 ``loss.bf16_matmul``...) are read as their new names (:data:`RENAMED`), so old configs and
 checkpoints still load.
 """
@@ -295,7 +295,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# keys of the layout before 0.2 -> (new key, value map)
+# keys of the first layout -> (new key, value map)
 RENAMED: dict[str, tuple[str, dict | None]] = {
     **{f"loss.{k}": (f"align.{k}", None)
        for k in ("tau", "match", "reference", "class_restrict", "start_iter")},
