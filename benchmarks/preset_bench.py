@@ -35,11 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.trees: the published layouts the suite writes
 
-from cosalign.config import PRESET_DIR, load_config  # noqa: E402
+from cosalign.config import load_config, preset_names  # noqa: E402
 
 SIZES = {"gta5": (1914, 1052), "synthia": (1280, 760), "cityscapes": (2048, 1024),
          "acdc": (1920, 1080), "darkzurich": (1920, 1080)}
-PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "minicity")
+PRESETS = [p for p in preset_names() if p != "minicity"]
 # the methods of a preset: source-only, the paper's baselines and ours on DeepLab-v2 (section 4
 # of docs/METHOD.md), and the self-training methods its `methods:` section sets up
 DEEPLAB_METHODS = ("source_only", "minent", "advent", "ours", "dacs", "ours_dacs")

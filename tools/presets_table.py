@@ -15,16 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from cosalign.config import PRESET_DIR, ConfigError
+from cosalign.config import PRESET_DIR, ConfigError, preset_names
 from cosalign.methods.table import METHODS, method_config
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = ROOT / "docs" / "USAGE.md"
 BEGIN, END = "<!-- presets: begin -->", "<!-- presets: end -->"
-
-
-def presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
 def summary(name: str) -> str:
@@ -57,7 +53,7 @@ def _by_method(name: str, value) -> str:
 def table() -> str:
     rows = ["| preset | what it trains | network | iterations | batch (source + target) |",
             "|---|---|---|---|---|"]
-    for name in presets():
+    for name in preset_names():
         cfg = method_config(name, [], "source_only")
         rows.append(f"| `{name}` | {summary(name)} | {cfg.model.arch} | "
                     f"{_by_method(name, lambda c: c.train.iters)} | "

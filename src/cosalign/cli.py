@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 from cosalign import __version__
-from cosalign.config import ARCHS, DATASETS, DEVICES, ConfigError, class_set_of
+from cosalign.config import (
+    ARCHS,
+    DATASETS,
+    DEVICES,
+    ConfigError,
+    class_set_of,
+    preset_names,
+)
 from cosalign.engine.checkpoint import WHICH
 from cosalign.engine.inference import FORMATS
 from cosalign.engine.score import FORMATS as SCORE_FORMATS
@@ -62,7 +69,7 @@ def cmd_train(args) -> int:
             raise ConfigError(f"{config}: no config in the run to resume; pass --config")
     if config is None:
         raise ConfigError("--config is required (a YAML file or a preset: "
-                          + ", ".join(presets()) + ")")
+                          + ", ".join(preset_names()) + ")")
     cfg = method_config(config, args.set, method=args.method)
     if not args.resume and not args.out:
         run_dir = Path("runs") / f"{Path(config).stem}_{args.method or 'default'}"
@@ -365,12 +372,6 @@ def _add_tta(p: argparse.ArgumentParser) -> None:
                         "DAFormer's False)")
 
 
-def presets() -> list[str]:
-    from cosalign.config import PRESET_DIR
-
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="cosalign", formatter_class=Formatter, description=(
         "Unsupervised domain adaptation for semantic segmentation: the cosine alignment of "
@@ -412,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
              "--set data.source.root=data/gta5 data.target.root=data/cityscapes "
              "data.val.root=data/cityscapes model.weights=data/mit_b5.pth",
              "cosalign train --resume runs/mini_ours")
-    t.add_argument("--config", help="a YAML file or a preset: " + ", ".join(presets()))
+    t.add_argument("--config", help="a YAML file or a preset: " + ", ".join(preset_names()))
     t.add_argument("--method", choices=list(METHODS), metavar="METHOD",
                    help=f"one of {methods} (default: the config's loss weights as they are)")
     t.add_argument("--out", help="run folder (default runs/<config>_<method>)")

@@ -480,6 +480,11 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def preset_names() -> list[str]:
+    """The bundled presets (src/cosalign/configs/*.yaml), by name."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
 def resolve_preset(name_or_path: str) -> Path:
     """A YAML path, or the name of a bundled preset (``minicity``, ``gta5_to_cityscapes``...)."""
     path = Path(name_or_path)
@@ -488,8 +493,8 @@ def resolve_preset(name_or_path: str) -> Path:
     bundled = PRESET_DIR / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise ConfigError(f"{name_or_path}: no such config file or preset (presets: {names})")
+    raise ConfigError(f"{name_or_path}: no such config file or preset (presets: "
+                      f"{preset_names()})")
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None,
