@@ -350,10 +350,10 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="auto: the GPU when there is one, else the CPU")
 
 
-def _add_conditions(p: argparse.ArgumentParser, extra: str = "") -> None:
+def _add_conditions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conditions", action=ListAction, default=[], metavar="COND",
                    help="acdc: some of fog,night,rain,snow (default all four); darkzurich: some "
-                   "of night,day,twilight (default night)" + extra)
+                   "of night,day,twilight (default night)")
 
 
 def _add_tta(p: argparse.ArgumentParser) -> None:
@@ -388,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
              "Generate MiniCity if missing, train source-only to iteration 500 from the shipped "
              "backbone, branch each other method off that checkpoint to 1,000, evaluate on "
              "MiniCity's target val, print the per-class table and write results.json, "
-             "figure.png, features.png and similarity.png to --out. 3 min on 2 AMX cores, 9 on "
-             "2 AVX2-only cores. Run again, it replaces its own earlier runs and nothing else.",
+             "figure.png, features.png and similarity.png to --out. 3-4 min on 2 AMX or "
+             "AVX512-BF16 cores, 9 on 2 AVX2-only cores. Run again, it replaces its own "
+             "earlier runs and nothing else.",
              "cosalign demo",
              "cosalign demo --methods source_only,dacs,ours_dacs --out runs/demo_st",
              "cosalign demo --set model.weights=null model.bn=train --out runs/demo_scratch")
