@@ -110,6 +110,11 @@ def test_pseudo_label_weight_is_the_share_of_confident_pixels(tiny_config):
     assert (weight[0, :2] == 0).all() and (weight[0, 6:] == 0).all()  # the ignored bands
     assert torch.allclose(weight[0, 2:6], torch.tensor(0.5))
     assert (pseudo[0, :, :4] == 1).all()
+    # HRDA's margins (data.target.margins) weigh 0 too, as the sample's mask says
+    step.valid_t = torch.ones(1, 8, 8, dtype=torch.bool)
+    step.valid_t[0, :, 7] = False
+    _, weight, _ = term._pseudo_labels(step)
+    assert (weight[0, :, 7] == 0).all() and torch.allclose(weight[0, 2:6, :7], torch.tensor(0.5))
 
 
 def test_teacher_is_an_ema_of_parameters_not_buffers(tiny_config):

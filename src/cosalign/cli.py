@@ -101,6 +101,11 @@ def _tta(args):
                align_corners=args.align_corners)
 
 
+def _add_published_config(p) -> None:
+    p.add_argument("--config", help="the network of a DAFormer, HRDA or MIC checkpoint: a "
+                   "preset (" + ", ".join(preset_names()) + ") or YAML file; its val data too")
+
+
 def cmd_eval(args) -> int:
     from cosalign.data.classes import class_set_from_dict
     from cosalign.engine import distributed
@@ -109,7 +114,8 @@ def cmd_eval(args) -> int:
     results = evaluate_checkpoint(
         args.checkpoint, data_root=args.data, split=args.split, size=args.size, tta=_tta(args),
         save_predictions=args.save_predictions, out=args.out,
-        device=distributed.setup(args.device), progress=not args.quiet, which=args.model)
+        device=distributed.setup(args.device), progress=not args.quiet, which=args.model,
+        config=args.config)
     print(f"{results['images']} images, {results['protocol']}")
     classes = class_set_from_dict(results["class_set"])
     for subset in results["miou"]:
@@ -123,7 +129,7 @@ def cmd_predict(args) -> int:
 
     files = predict_images(args.checkpoint, args.images, args.out, size=args.size, tta=_tta(args),
                            device=distributed.setup(args.device), progress=not args.quiet,
-                           fmt=args.format)
+                           fmt=args.format, which=args.model, config=args.config)
     what = ("<path in the input>_trainIds.png, _color.png, _overlay.png" if args.format is None
             else f"{args.format}: <image name>.png")
     print(f"{len(files)} image(s) -> {args.out} ({what})")
@@ -432,8 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
              "cosalign eval --checkpoint runs/gta5_ours/ckpt_0120000.pt --data data/cityscapes "
              "--save-predictions runs/gta5_ours/pred",
              "cosalign eval --checkpoint runs/gta5_ours/ckpt_0120000.pt --scales 0.75,1,1.25 "
-             "--flip")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint file (ckpt_*.pt)")
+             "--flip",
+             "cosalign eval --checkpoint iter_40000_relevant.pth --config "
+             "gta5_to_cityscapes_hrda --data data/cityscapes")
+    e.add_argument("--checkpoint", required=True,
+                   help="a checkpoint file (ckpt_*.pt), or one of DAFormer's, HRDA's or MIC's "
+                   "(with --config)")
+    _add_published_config(e)
     e.add_argument("--data", help="dataset root (default: the checkpoint config's val root)")
     e.add_argument("--split", default="val", help="the split to score")
     e.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"),
@@ -457,8 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
               "cosalign predict --checkpoint runs/gta5_ours/ckpt_0120000.pt my_photos/ "
               "--out my_predictions",
               "cosalign predict --checkpoint runs/cs2acdc/ckpt_0120000.pt "
-              "data/acdc/rgb_anon/night/test --format trainids --out submit/")
-    pr.add_argument("--checkpoint", required=True, help="a checkpoint file (ckpt_*.pt)")
+              "data/acdc/rgb_anon/night/test --format trainids --out submit/",
+              "cosalign predict --checkpoint mic_hrda.pth --config gta5_to_cityscapes_hrda "
+              "my_photos/ --out my_predictions")
+    pr.add_argument("--checkpoint", required=True,
+                    help="a checkpoint file (ckpt_*.pt), or one of DAFormer's, HRDA's or MIC's "
+                    "(with --config)")
+    _add_published_config(pr)
+    pr.add_argument("--model", default="student", choices=WHICH,
+                    help="a self-training run's student or its EMA teacher")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, type=Path, help="output folder (not inside an input)")
     pr.add_argument("--size", type=positive_int, nargs=2, metavar=("W", "H"),

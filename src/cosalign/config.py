@@ -123,6 +123,9 @@ class DomainConfig:
     flip: bool = False  # random horizontal flip
     # strength of random brightness/contrast/saturation/colour gains
     photometric: float = bounded(0.0, 0)
+    # target: (top, bottom, left, right) pixels of the resized image where pseudo-labels weigh
+    # 0, cropped and flipped with the image (HRDA's crop_pseudo_margins, Cityscapes only)
+    margins: tuple[int, int, int, int] | None = bounded(None, 0)
 
 
 @dataclass
@@ -154,6 +157,21 @@ class DataConfig:
 
 
 @dataclass
+class HRDAConfig:
+    """HRDA's two scales around the MiT segmenter (models/hrda.py; docs/METHOD.md section 15).
+    Sizes are (width, height) in input pixels."""
+
+    enabled: bool = False
+    detail_crop: tuple[int, int] = bounded((512, 512), 1)  # HRDA: half the 1024 outer crop
+    detail_weight: float = bounded(0.1, 0, 1, open_high=True)  # lambda_d (hr_loss_weight)
+    classwise: bool = True  # one attention map per class (attention_classwise)
+    attention_embed: int = bounded(256, 1)  # the attention head's E (attention_embed_dim)
+    overlap: bool = True  # detail windows at half-window stride (hr_slide_overlapping)
+    # outer windows at test time, stride half a window (test_cfg mode slide); null: whole image
+    window: tuple[int, int] | None = bounded((1024, 1024), 1)
+
+
+@dataclass
 class ModelConfig:
     arch: str = choice("deeplabv2", ARCHS)
     # deeplabv2's fields
@@ -163,12 +181,14 @@ class ModelConfig:
     feature_layer: str = choice("layer4", FEATURE_LAYERS)
     bn: str = choice("affine_frozen", BN_MODES)
     weights: str | None = None  # a local weights file, or minicity_pretrained
+    weights_teacher: bool = False  # a DAFormer/HRDA/MIC checkpoint's EMA teacher, not its student
     # how logits are upsampled to labels, pseudo-labels and the evaluated resolution: true as
     # the ADVENT/DACS line (DeepLab-v2), false as DAFormer, HRDA and MIC (mmseg's heads)
     align_corners: bool = True
     # mit_b*'s fields: the head and its embedding width E (the features the alignment sees)
     head: str = choice("daformer", FUSION_HEADS)
     embed: int = bounded(256, 1)
+    hrda: HRDAConfig = field(default_factory=HRDAConfig)
 
 
 @dataclass
@@ -444,6 +464,16 @@ def validate(cfg: Config) -> Config:
             if getattr(cfg.loss, key) > 0:
                 raise ConfigError(f"loss.{key}: model.arch {cfg.model.arch} has no auxiliary "
                                   f"head; expected 0, got {getattr(cfg.loss, key)}")
+    h = cfg.model.hrda
+    if h.enabled:
+        if cfg.model.arch == "deeplabv2":
+            raise ConfigError("model.hrda.enabled: HRDA is built for the MiT networks; expected "
+                              "model.arch mit_b0 ... mit_b5, got deeplabv2")
+        for name in ("source", "target"):
+            crop = getattr(cfg.data, name).crop or getattr(cfg.data, name).size
+            if crop and any(c < d for c, d in zip(crop, h.detail_crop)):
+                raise ConfigError(f"model.hrda.detail_crop: expected at most data.{name}'s "
+                                  f"crop {list(crop)} (width, height), got {list(h.detail_crop)}")
     d = cfg.dictionary
     if d.per_image > d.capacity:
         raise ConfigError(f"dictionary.per_image: expected at most dictionary.capacity "

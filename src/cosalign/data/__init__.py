@@ -112,8 +112,9 @@ def build_dataset(domain, data, *, train: bool, labels: bool = True,
         resize_label=train,
     )
     class_set = class_set or load_class_set(data.class_set)
+    margins = tuple(domain.margins) if (train and not labels and domain.margins) else None
     return SegmentationDataset(domain_pairs(domain, labels), label_reader(domain, class_set),
-                               transform, cache=data.cache)
+                               transform, cache=data.cache, margins=margins)
 
 
 __all__ = ["DATASETS", "DatasetError", "InfiniteSampler", "SegmentationDataset",

@@ -57,13 +57,18 @@ class SegmentationDataset(Dataset):
     its pipeline. It returns a dict with ``image``
     (3, H, W) float32, ``label`` (H, W) int64 trainIds (absent when the pair has no label) and
     ``name``. With ``cache=True`` decoded, resized samples are kept in memory (small datasets).
+    With ``margins`` (top, bottom, left, right) an unlabelled sample also has ``valid`` (H, W)
+    bool: False within that many pixels of the resized image's sides, cropped and flipped with
+    the image (HRDA's ``valid_pseudo_mask``); the augmentation's draws are unchanged.
     """
 
     def __init__(self, pairs: list[Pair], read_label: Callable[[Path], np.ndarray],
-                 transform: JointTransform, cache: bool = False) -> None:
+                 transform: JointTransform, cache: bool = False,
+                 margins: tuple[int, int, int, int] | None = None) -> None:
         if not pairs:
             raise DatasetError("no images found")
         self.pairs, self.read_label, self.transform = pairs, read_label, transform
+        self.margins = margins
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -89,6 +94,14 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         i, seed, *rcs = item if isinstance(item, tuple) else (item, None)
         image, label = self.load(i)
+        if self.margins is not None and label is None and seed is not None:
+            top, bottom, left, right = self.margins
+            valid = np.zeros(image.shape[:2], np.uint8)
+            valid[top:image.shape[0] - bottom, left:image.shape[1] - right] = 1
+            image, valid = self.transform.augment(image, valid, np.random.default_rng(seed))
+            x, _ = self.transform.to_tensors(image, None)
+            return {"image": x, "name": self.pairs[i][0].name,
+                    "valid": torch.from_numpy(np.ascontiguousarray(valid) == 1)}
         if seed is not None:
             rng = np.random.default_rng(seed)
             base = image, label

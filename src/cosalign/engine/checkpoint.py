@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosalign.config import ConfigError, class_set_of, from_dict
+from cosalign.config import ConfigError, class_set_of, from_dict, load_config
 from cosalign.data.classes import ClassSet, class_set_from_dict, load_class_set
 from cosalign.models import build_model
+from cosalign.models.published import is_published
+from cosalign.models.weights import WeightsError, load_weights
 from cosalign.outputs import atomic_write
 
 PATTERN = re.compile(r"^ckpt_(\d{7})\.pt$")
@@ -155,12 +157,17 @@ def check_class_set(state: dict, class_set: ClassSet, path: Path) -> None:
 WHICH = ("student", "teacher")  # the network a checkpoint is evaluated with
 
 
-def load_trained(path: str | Path, device: torch.device | str = "cpu", which: str = "student"):
+def load_trained(path: str | Path, device: torch.device | str = "cpu", which: str = "student",
+                 config: str | None = None):
     """``(model, config, checkpoint path)``: the network of a cosalign checkpoint (or of a run
     folder's newest), on ``device``, in eval mode, and the config it was trained with. Used by
     eval, predict, viz, the demo and the benchmarks. ``which="teacher"``: the EMA teacher of a
-    self-training run instead of the student."""
+    self-training run instead of the student. A checkpoint of DAFormer's, HRDA's or MIC's
+    (models/published.py) is read into the network of ``config`` (a preset or YAML file), which
+    it then needs."""
     path = Path(path)
+    if path.is_file() and _published(path):
+        return _load_published(path, device, which, config)
     if path.is_dir():  # a run folder: its newest checkpoint that loads
         folder = path
         path, state, note = load_newest(folder, device)
@@ -184,6 +191,32 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", which: st
                                   "self-training run); evaluate the student")
         weights = teacher["teacher"]
     load_model_state(model, weights, path)
+    return model.to(device).eval(), cfg, path
+
+
+def _published(path: Path) -> bool:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not readable this way: load_checkpoint says why
+        return False
+    return isinstance(state, dict) and is_published(state)
+
+
+def _load_published(path: Path, device, which: str, config: str | None):
+    if config is None:
+        raise CheckpointError(f"{path}: a DAFormer/HRDA/MIC checkpoint holds no config; give "
+                              "its network with --config PRESET (e.g. gta5_to_cityscapes_daformer "
+                              "or gta5_to_cityscapes_hrda)")
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise CheckpointError(f"--config {config}: {e}") from None
+    classes = class_set_of(cfg)
+    model = build_model(cfg.model, classes.num_classes)
+    try:
+        load_weights(model, path, teacher=which == "teacher", classes=list(classes.names))
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from None
     return model.to(device).eval(), cfg, path
 
 

@@ -149,7 +149,8 @@ def evaluate(model, val_set, device, *, dictionary=None, tau: float = 0.5,
         ref, ref_cls = dictionary.reference()
 
         def on_batch(batch, pred, out):
-            meter.update(out.features, batch["label"].to(device), ref, ref_cls, tau)
+            if out.features is not None:  # None: HRDA slid over outer windows
+                meter.update(out.features, batch["label"].to(device), ref, ref_cls, tau)
 
     cm = confusion_over(model, loader, K, device, align_corners, progress=progress,
                         on_batch=on_batch)
@@ -164,12 +165,14 @@ def evaluate_checkpoint(checkpoint: str | Path, *, data_root: str | None = None,
                         split: str = "val", size: tuple[int, int] | None = None,
                         tta: TTA = TTA(), save_predictions: Path | None = None,
                         out: Path | None = None, device: torch.device | None = None,
-                        progress: bool = True, which: str = "student") -> dict:
+                        progress: bool = True, which: str = "student",
+                        config: str | None = None) -> dict:
     """Evaluate a checkpoint (or a run folder's newest) on the val split of its config (or of
     ``data_root``); writes ``<out>.json`` and ``<out>.md`` (default: next to the checkpoint).
-    ``which="teacher"`` evaluates a self-training run's EMA teacher."""
+    ``which="teacher"`` evaluates a self-training run's EMA teacher; ``config`` gives the network
+    and data of a DAFormer/HRDA/MIC checkpoint (engine/checkpoint.py ``load_trained``)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, checkpoint = load_trained(checkpoint, device, which)
+    model, cfg, checkpoint = load_trained(checkpoint, device, which, config)
     if tta.align_corners is None:  # the run's own convention
         tta = replace(tta, align_corners=cfg.model.align_corners)
     classes = class_set_of(cfg)

@@ -73,13 +73,15 @@ def check_output(out_dir: Path, inputs: list[str]) -> Path:
 def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Path, *,
                    size: tuple[int, int] | None = None, tta: TTA = TTA(),
                    device: torch.device | None = None, progress: bool = True,
-                   fmt: str | None = None) -> list[Path]:
+                   fmt: str | None = None, which: str = "student",
+                   config: str | None = None) -> list[Path]:
     """Segment arbitrary images at the checkpoint's input size (or ``size``), predictions at the
     images' own resolution, written as ``out_dir/<name>_trainIds.png`` (and ``_color``,
     ``_overlay``) where ``<name>`` is the image's path inside its input folder, extension
     included (:func:`find_images`). With ``fmt`` (:func:`save_format`) one PNG per image
     instead, named as the image with the extension .png, all in ``out_dir``
-    (:func:`server_name`). Returns the images processed."""
+    (:func:`server_name`). ``which`` and ``config`` as in
+    :func:`cosalign.engine.checkpoint.load_trained`. Returns the images processed."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     files = find_images(inputs)
     if fmt is not None:  # one PNG per image, named as the image, in one folder
@@ -89,7 +91,7 @@ def predict_images(checkpoint: str | Path, inputs: list[str], out_dir: str | Pat
             if other != path:
                 raise DatasetError(f"{other} and {path}: both would be written as "
                                    f"{server_name(name)} (--format {fmt})")
-    model, cfg, _ = load_trained(checkpoint, device)
+    model, cfg, _ = load_trained(checkpoint, device, which, config)
     if tta.align_corners is None:  # the run's own convention
         tta = replace(tta, align_corners=cfg.model.align_corners)
     check_output(Path(out_dir), inputs)  # before any image is segmented

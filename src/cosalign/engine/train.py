@@ -58,7 +58,7 @@ from cosalign.engine.runtime import (
 )
 from cosalign.engine.stop import NAMES, Stopped, StopSignals, ignore_in_worker, stop_signals
 from cosalign.losses import ClassFeatureDictionary
-from cosalign.losses.segmentation import SEG_LOSSES
+from cosalign.losses.segmentation import SEG_LOSSES, segmentation_loss
 from cosalign.methods import Step, Term, build_terms
 from cosalign.models import build_model
 from cosalign.models.upsample import upsample_logits
@@ -135,14 +135,15 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
     size_s = y_s.shape[-2:]
     seg_loss = SEG_LOSSES[seg_reduction]
     pred_s = upsample_logits(out_s.logits, size_s, align_corners)
-    logged = {"seg": seg_loss(pred_s, y_s)}
+    logged = {"seg": segmentation_loss(out_s, y_s, reduction=seg_reduction, pred=pred_s)}
     pred_s_aux = None  # a network without an auxiliary head (the transformer)
     if out_s.aux is not None:
         pred_s_aux = upsample_logits(out_s.aux, size_s, align_corners)
         logged["seg_aux"] = seg_loss(pred_s_aux, y_s)
     step = Step(it=it, model=model, x_s=x_s, y_s=y_s, x_t=x_t, f_s=out_s.features.detach(),
                 pred_s=pred_s, pred_s_aux=pred_s_aux, dictionary=dictionary, autocast=autocast,
-                diagnose=diagnose, out_s=out_s, align_corners=align_corners)
+                diagnose=diagnose, out_s=out_s, align_corners=align_corners,
+                valid_t=batch_t["valid"].to(device) if "valid" in batch_t else None)
     active = [t for t in terms if t.active(it)]
     source_terms, weights = {}, {}
     for term in active:  # terms on the source pass (the feature distance)
@@ -292,7 +293,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, progress: bool,
     # model, dictionary, the method's terms, optimizer
     model = build_model(cfg.model, K)
     if cfg.model.weights:
-        load_weights(model, cfg.model.weights)
+        load_weights(model, cfg.model.weights, teacher=cfg.model.weights_teacher,
+                     classes=list(classes.names))
     model.to(device).train()
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -50,6 +50,10 @@ class CosineAlignment(Term):
         pseudo = None
         if c.class_restrict == "pseudo":
             pseudo = (step.teacher_logits if self.teacher_pseudo else out_t.logits).argmax(1)
+        if pseudo is not None and pseudo.shape[-2:] != features.shape[-2:]:
+            # HRDA: the fused logits at stride 4, the context's features at stride 8
+            pseudo = F.interpolate(pseudo[:, None].float(), features.shape[-2:],
+                                   mode="nearest")[:, 0].long()
         if self.on == "mixed":  # only the target-origin positions of the mixed batch
             keep = F.interpolate(step.mixed_target[:, None].float(), features.shape[-2:],
                                  mode="nearest")[:, 0].bool()

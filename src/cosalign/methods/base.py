@@ -33,7 +33,8 @@ class Step:
     run's autocast context. Self-training adds ``mixed`` (the student's pass over the mixed
     batch), ``mixed_target`` (B, H, W) True at target-origin pixels, ``teacher_logits``
     (B, K, h, w), and ``pseudo``: the teacher's (B, H, W) pseudo-labels of the clean target
-    batch and their (B, H, W) weights (MIC learns from them too)."""
+    batch and their (B, H, W) weights (MIC learns from them too); ``valid_t`` (B, H, W) bool,
+    where the target's pseudo-labels may weigh (data.target.margins; None: everywhere)."""
 
     it: int
     model: Any
@@ -53,6 +54,7 @@ class Step:
     mixed_target: Tensor | None = None
     teacher_logits: Tensor | None = None
     pseudo: tuple[Tensor, Tensor] | None = None
+    valid_t: Tensor | None = None
     stats: dict = field(default_factory=dict)
     _pred_t: dict = field(default_factory=dict)
 

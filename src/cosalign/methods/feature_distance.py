@@ -63,7 +63,8 @@ class FeatureDistance(Term):
     def source_losses(self, step: Step) -> dict[str, Tensor]:
         f = _last_stage(step.out_s)
         with torch.no_grad(), step.autocast():
-            f0 = _last_stage(self.frozen(step.x_s))
+            f0 = (self.frozen.context_encoder(step.x_s) if hasattr(self.frozen, "context_encoder")
+                  else _last_stage(self.frozen(step.x_s)))  # HRDA: its context's alone
         labels = pooled_labels(step.y_s, tuple(f.shape[-2:]), self.num_classes)
         things = torch.isin(labels, labels.new_tensor(self.things))
         dist = torch.linalg.vector_norm(f.float() - f0.float(), dim=1)  # (B, h, w)

@@ -17,14 +17,12 @@ loss used (border bands at 0 included): no extra teacher pass. Weight ``loss.mic
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cosalign.config import Config
-from cosalign.data.labels import IGNORE_INDEX
+from cosalign.losses.segmentation import segmentation_loss
 from cosalign.methods.base import Step, Term
 from cosalign.methods.mixing import augment_masked, from_unit_rgb, to_unit_rgb
-from cosalign.models.upsample import upsample_logits
 
 
 def patch_mask(batch: int, height: int, width: int, patch: int, ratio: float,
@@ -61,6 +59,4 @@ class MaskedConsistency(Term):
                 b, h, w, c.mask_patch, c.mask_ratio, rgb.device)
         with step.autocast():
             out = step.model(x)
-        pred = upsample_logits(out.logits, pseudo.shape[-2:], step.align_corners)
-        ce = F.cross_entropy(pred, pseudo, ignore_index=IGNORE_INDEX, reduction="none")
-        return {"mic": (ce * weight).mean()}
+        return {"mic": segmentation_loss(out, pseudo, weight, align_corners=step.align_corners)}

@@ -7,7 +7,7 @@ Each step (shapes: target batch (B, 3, H, W)):
 1. the teacher (train mode, its dropout and stochastic depth off) labels the clean target
    batch: p = softmax(teacher(x_t)) at (H, W), pseudo-label argmax p, and one weight per batch,
    q = share of pixels with max p >= ``threshold``; rows in the ignored top and bottom bands
-   weigh 0;
+   weigh 0, and so do the image's margins (``data.target.margins``, HRDA's);
 2. ClassMix: half of the classes of each source image (or of the batch) pasted onto the target
    image (the source batch cropped to the target's size when it is larger); label and weight
    mixed with the same mask (source pixels weigh 1); colour jitter and blur on the mixed image
@@ -27,11 +27,10 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cosalign.config import Config
-from cosalign.data.labels import IGNORE_INDEX
+from cosalign.losses.segmentation import segmentation_loss
 from cosalign.methods.base import Step, Term
 from cosalign.methods.mixing import (
     augment_mixed,
@@ -102,6 +101,8 @@ class SelfTraining(Term):
         weight[:, :top] = 0
         if bottom:
             weight[:, h - bottom:] = 0
+        if step.valid_t is not None:  # HRDA's margins, cropped with the image
+            weight = weight * step.valid_t
         step.stats["pseudo_weight"] = q
         return pseudo, weight, logits.float()
 
@@ -119,8 +120,7 @@ class SelfTraining(Term):
             w = torch.where(source, torch.ones_like(weight), weight)
         with step.autocast():
             out = step.model(x)
-        pred = upsample_logits(out.logits, y.shape[-2:], step.align_corners)
-        loss = (F.cross_entropy(pred, y, ignore_index=IGNORE_INDEX, reduction="none") * w).mean()
+        loss = segmentation_loss(out, y, w, align_corners=step.align_corners)
         step.mixed, step.mixed_target, step.teacher_logits = out, ~source, teacher_logits
         step.pseudo = pseudo, weight
         return {"st": loss}

@@ -11,7 +11,10 @@ Five kinds of file are recognized by their keys:
   ``patch_embed1.proj.weight``, ``block1.0.attn.q.weight``, ..., maybe under ``state_dict`` or
   ``model``): loaded by name into the transformer's encoder, its classification ``head`` skipped;
 - a cosalign checkpoint (``model`` and ``config`` keys): the whole network;
-- a backbone from ``cosalign pretrain`` (``model`` and ``pretrain`` keys): the backbone only.
+- a backbone from ``cosalign pretrain`` (``model`` and ``pretrain`` keys): the backbone only;
+- a checkpoint of DAFormer's, HRDA's or MIC's (mmseg's layout; models/published.py): the whole
+  network, its student or (``teacher``) its EMA teacher, loaded strictly, the classifier's rows
+  in the class set's order by the file's class names.
 The name ``minicity_pretrained`` stands for the pretrained MiniCity backbone that ships with the
 package (see cosalign/minicity/pretrain.py). Files are always read with
 ``torch.load(..., weights_only=True)``.
@@ -25,6 +28,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from cosalign.models.published import (
+    PublishedError,
+    convert_published,
+    is_published,
+    reorder_classes,
+)
 
 # names that stand for weights shipped with the package
 BUNDLED = {"minicity_pretrained": Path(__file__).parents[1] / "weights" / "minicity_pretrained.pt"}
@@ -65,9 +75,17 @@ def _read(path: Path) -> dict:
     return state
 
 
-def convert(state: dict) -> tuple[str, dict[str, torch.Tensor], list[str]]:
+def convert(state: dict, teacher: bool = False) -> tuple[str, dict[str, torch.Tensor], list[str]]:
     """Recognize a state dict and rename its keys to this project's model:
-    (kind, renamed state, keys dropped on purpose)."""
+    (kind, renamed state, keys dropped on purpose). ``teacher``: a published checkpoint's EMA
+    teacher instead of its student."""
+    if is_published(state):
+        which = "teacher" if teacher else "student"
+        try:
+            renamed, _ = convert_published(state, which)
+        except PublishedError as e:
+            raise WeightsError(str(e)) from None
+        return f"DAFormer/HRDA/MIC checkpoint ({which})", renamed, []
     for wrapper in ("state_dict", "model"):  # a MiT file saved with a wrapper
         inner = state.get(wrapper)
         if isinstance(inner, dict) and "patch_embed1.proj.weight" in inner:
@@ -96,12 +114,18 @@ def convert(state: dict) -> tuple[str, dict[str, torch.Tensor], list[str]]:
     return "unknown", {}, []
 
 
-def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
+def load_weights(model: nn.Module, path: str | Path, *, teacher: bool = False,
+                 classes: list[str] | None = None) -> LoadReport:
     """Load a weights file into ``model``; refuse a file that matches nothing or whose shapes
-    disagree. Missing and unexpected keys are reported (and returned)."""
+    disagree. Missing and unexpected keys are reported (and returned); a published
+    checkpoint must match every key (``classes``: the class set's names, to order its
+    classifier's rows)."""
     path = BUNDLED.get(str(path), Path(path))
-    kind, state, skipped = convert(_read(path))
+    raw = _read(path)
+    kind, state, skipped = convert(raw, teacher)
     own = model.state_dict()
+    if is_published(raw):
+        state = strict_published(model, state, raw, classes, path)
     matched = {k: v for k, v in state.items() if k in own}
     if not matched:
         raise WeightsError(
@@ -128,3 +152,24 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
             "results will differ from the DeepLab protocol", stacklevel=2)
     print(report)
     return report
+
+
+def strict_published(model: nn.Module, state: dict[str, torch.Tensor], raw: dict,
+                     classes: list[str] | None, path: Path) -> dict[str, torch.Tensor]:
+    """A published checkpoint's renamed ``state`` checked key by key against ``model`` (every
+    key on both sides) and its classifier's rows put in ``classes``' order."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: does not fit this network (missing {len(missing)}, e.g. {missing[:3]}; "
+            f"unexpected {len(unexpected)}, e.g. {unexpected[:3]}): is the preset's "
+            "architecture the checkpoint's (MiT size, model.hrda.enabled)?")
+    _, theirs = convert_published(raw)
+    if theirs is not None and classes is not None:
+        try:
+            state = reorder_classes(state, theirs, classes)
+        except PublishedError as e:
+            raise WeightsError(f"{path}: {e}") from None
+    return state

@@ -1,0 +1,217 @@
+"""HRDA's multi-resolution network (Hoyer et al., "HRDA: Context-Aware High-Resolution Domain-
+Adaptive Semantic Segmentation", ECCV 2022), as a wrapper around a MiT segmenter: the encoder
+and head of :class:`~cosalign.models.transformer.MiTSegmenter`, used at two scales, and a
+second, small head that learns where to trust which scale.
+
+Shapes for an input (the *outer* crop) x of (B, 3, H, W), context scale s = 0.5, output
+stride 4 and a detail crop of (h_d, w_d) pixels:
+
+- context: x_c = bilinear resize of x by s (align_corners False; at s = 0.5 the 2 x 2 mean),
+  (B, 3, H/2, W/2); its logits y_c (B, K, H/8, W/8) and attention
+  a = sigmoid(attention head(encoder(x_c))) (B, K, H/8, W/8) (K = 1 when not class-wise);
+- detail, training: one box (y1, y2, x1, x2) of (h_d, w_d) pixels for the whole batch, new on
+  every call, its corner a multiple of 8 (= stride 4 / s: the box falls on whole cells of the
+  context's logits), drawn uniformly: y1 = 8 * randint(0, (H - h_d + 1) // 8); the detail logits
+  y_d = head(encoder(x[box])) (B, K, h_d/4, w_d/4);
+- detail, inference: windows of (h_d, w_d) over all of x, stride half a window (or a whole
+  one), the last window flush with the border, run as one batch; logits averaged where windows
+  overlap, (B, K, H/4, W/4);
+- fusion (HRDA's ``HRDAHead.forward``): in training a is set to 0 outside the box / 8, then
+
+      fused = up2((1 - a) * y_c) + up2(a) * insert(y_d),
+
+  up2 a bilinear x2 (align_corners False), insert pasting y_d at box / 4 into zeros of
+  (B, K, H/4, W/4); outside the box the output is the context's alone.
+
+At test time (:meth:`HRDASegmenter.forward` without a box) an input larger than ``window`` is
+covered by outer windows (stride half a window), each fused as above and resized to the
+window's size; their logits are averaged (mmseg's ``slide`` test mode, which HRDA's configs set).
+
+The loss (losses/segmentation.py ``segmentation_loss``) is
+(1 - lambda_d) CE(fused) + lambda_d CE(y_d, labels[box]), lambda_d = ``detail_weight``.
+What the alignment and the feature distance see: the context pass (``features``: its head's
+fused map, (B, E, H/8, W/8); ``encoder``: its last stage), as HRDA's feature distance does
+(``feature_scale=0.5``); docs/METHOD.md section 15 says why.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cosalign.models.fusion_heads import SegFormerHead
+from cosalign.models.transformer import MiTSegmenter
+
+Box = tuple[int, int, int, int]  # (y1, y2, x1, x2) in input pixels
+
+
+class HRDAOutput(NamedTuple):
+    logits: Tensor  # (B, K, H / 4, W / 4) fused; (B, K, H, W) when slid over outer windows
+    aux: None
+    features: Tensor | None  # (B, E, H / 8, W / 8) the context's head map; None when slid
+    encoder: Tensor | None  # (B, C_4, H / 64, W / 64) the context's last stage; None when slid
+    detail: Tensor | None = None  # (B, K, h_d / 4, w_d / 4) training only
+    box: Box | None = None  # where ``detail`` lies in the input, training only
+    detail_weight: float = 0.0  # lambda_d of the loss
+
+
+def crop_box(height: int, width: int, crop: tuple[int, int], divisible: int,
+             generator: torch.Generator | None = None) -> Box:
+    """A random (h_d, w_d) = ``crop`` box inside (height, width) whose corner is a multiple of
+    ``divisible``: y1 = divisible * randint(0, (height - h_d + 1) // divisible), likewise x1
+    (HRDA's ``get_crop_bbox``; the whole input when it is the crop's size)."""
+    h_d, w_d = crop
+    if (height, width) == (h_d, w_d):
+        return 0, height, 0, width
+    if h_d > height or w_d > width:
+        raise ValueError(f"detail crop {w_d}x{h_d} larger than the input {width}x{height}")
+    y1, x1 = (divisible * int(torch.randint(0, (m + 1) // divisible, (), generator=generator))
+              for m in (height - h_d, width - w_d))
+    return y1, y1 + h_d, x1, x1 + w_d
+
+
+def window_boxes(height: int, width: int, window: tuple[int, int], stride: tuple[int, int]
+                 ) -> list[Box]:
+    """Boxes of ``window`` (h, w) over (height, width) in steps of ``stride``, the last one in
+    each direction flush with the border (mmseg's slide grid), row by row."""
+    (wh, ww), (sh, sw) = window, stride
+    rows = max(height - wh + sh - 1, 0) // sh + 1
+    cols = max(width - ww + sw - 1, 0) // sw + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * sh + wh, height), min(c * sw + ww, width)
+            boxes.append((max(y2 - wh, 0), y2, max(x2 - ww, 0), x2))
+    return boxes
+
+
+def average_windows(logits: Tensor, boxes: list[Box], size: tuple[int, int], scale: int
+                    ) -> Tensor:
+    """(N B, K, h, w) logits of N windows (window-major) -> (B, K, size) their mean where
+    windows overlap; a box (in input pixels) covers box / ``scale`` of the output."""
+    n = len(boxes)
+    b = logits.shape[0] // n
+    out = logits.new_zeros(b, logits.shape[1], *size)
+    count = logits.new_zeros(1, 1, *size)
+    for i, (y1, y2, x1, x2) in enumerate(boxes):
+        y1, y2, x1, x2 = y1 // scale, y2 // scale, x1 // scale, x2 // scale
+        out[..., y1:y2, x1:x2] += logits[i * b:(i + 1) * b]
+        count[..., y1:y2, x1:x2] += 1
+    return out / count
+
+
+class HRDASegmenter(nn.Module):
+    """A MiT segmenter at two scales with a learned scale attention (module docstring).
+
+    Args:
+        base: the segmenter whose ``backbone`` and ``head`` serve both scales.
+        detail_crop: (width, height) of the detail crop in input pixels (HRDA: 512 x 512 of a
+            1024 x 1024 outer crop).
+        detail_weight: lambda_d, the detail logits' share of the loss (HRDA 0.1).
+        classwise: one attention map per class (HRDA) or one for all.
+        attention_embed: E of the attention head (HRDA 256; a SegFormer head).
+        overlap: detail windows at stride half a window at inference (HRDA), else a whole one.
+        window: (width, height) of the outer windows at test time (HRDA 1024 x 1024), or None.
+        scale: the context's scale (HRDA 0.5); divisible: the boxes' corner grid (HRDA 8).
+    """
+
+    stride = 4  # the head's output stride
+
+    def __init__(self, base: MiTSegmenter, detail_crop: tuple[int, int] = (512, 512),
+                 detail_weight: float = 0.1, classwise: bool = True, attention_embed: int = 256,
+                 overlap: bool = True, window: tuple[int, int] | None = (1024, 1024),
+                 scale: float = 0.5, divisible: int = 8) -> None:
+        super().__init__()
+        self.backbone, self.head = base.backbone, base.head
+        self.attention = SegFormerHead(base.backbone.channels,
+                                       base.num_classes if classwise else 1, attention_embed)
+        self.num_classes, self.feature_dim = base.num_classes, base.feature_dim
+        self.crop = (detail_crop[1], detail_crop[0])  # (h, w) from here on
+        self.window = None if window is None else (window[1], window[0])
+        self.detail_weight, self.overlap = detail_weight, overlap
+        self.scale, self.divisible = scale, divisible
+
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """The segmenter's groups (:meth:`MiTSegmenter.param_groups`), the attention head in
+        the head's (HRDA's ``decode_head`` holds both heads)."""
+        groups = MiTSegmenter.param_groups(self, lr, head_lr_mult)
+        groups[-1]["params"] += list(self.attention.parameters())
+        return groups
+
+    def context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The context pass: (logits (B, K, H/8, W/8), attention (B, K or 1, H/8, W/8) after
+        the sigmoid, head features (B, E, H/8, W/8), encoder's last stage)."""
+        x_c = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        maps = self.backbone(x_c)
+        logits, features = self.head(maps)
+        return logits, torch.sigmoid(self.attention(maps)[0]), features, maps[-1]
+
+    def context_encoder(self, x: Tensor) -> Tensor:
+        """The context's last encoder stage alone (the feature distance's frozen network)."""
+        x_c = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.backbone(x_c)[-1]
+
+    def _detail(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))[0]
+
+    def slide_detail(self, x: Tensor) -> Tensor:
+        """(B, K, H/4, W/4): detail windows over all of x in one batch, logits averaged."""
+        h, w = x.shape[-2:]
+        step = tuple(c // 2 for c in self.crop) if self.overlap else self.crop
+        boxes = window_boxes(h, w, self.crop, step)
+        crops = torch.cat([x[..., y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+        return average_windows(self._detail(crops), boxes, (h // self.stride, w // self.stride),
+                               self.stride)
+
+    def fuse(self, lr: Tensor, att: Tensor, hr: Tensor, box: Box | None = None) -> Tensor:
+        """up2((1 - a) lr) + up2(a) insert(hr); a masked to the box (input pixels) if given."""
+        if box is not None:
+            s = round(self.stride / self.scale)
+            y1, y2, x1, x2 = box
+            mask = torch.zeros_like(att[:, :1])
+            mask[..., y1 // s:y2 // s, x1 // s:x2 // s] = 1
+            att = att * mask
+            y1, y2, x1, x2 = (c // self.stride for c in box)
+            full = hr.new_zeros(*hr.shape[:2], lr.shape[-2] * 2, lr.shape[-1] * 2)
+            full[..., y1:y2, x1:x2] = hr
+            hr = full
+        up = round(1 / self.scale)
+        up_lr = F.interpolate((1 - att) * lr, scale_factor=up, mode="bilinear",
+                              align_corners=False)
+        up_att = F.interpolate(att, scale_factor=up, mode="bilinear", align_corners=False)
+        return up_att * hr + up_lr
+
+    def infer(self, x: Tensor) -> HRDAOutput:
+        """One input, no box: the context and the detail windows over all of it, fused."""
+        lr, att, features, encoder = self.context(x)
+        return HRDAOutput(self.fuse(lr, att, self.slide_detail(x)), None, features, encoder,
+                          detail_weight=self.detail_weight)
+
+    def forward(self, x: Tensor, detail_crop: bool | None = None) -> HRDAOutput:
+        """(B, 3, H, W) -> :class:`HRDAOutput`. With ``detail_crop`` (default: in train mode
+        with autograd on, i.e. the student's passes) one random detail box; without, the
+        inference path, slid over outer windows when x is larger than ``window``."""
+        if detail_crop is None:
+            detail_crop = self.training and torch.is_grad_enabled()
+        if detail_crop:
+            box = crop_box(*x.shape[-2:], self.crop, self.divisible)
+            y1, y2, x1, x2 = box
+            lr, att, features, encoder = self.context(x)
+            hr = self._detail(x[..., y1:y2, x1:x2])
+            return HRDAOutput(self.fuse(lr, att, hr, box), None, features, encoder, hr, box,
+                              self.detail_weight)
+        h, w = x.shape[-2:]
+        if self.window is None or (h <= self.window[0] and w <= self.window[1]):
+            return self.infer(x)
+        boxes = window_boxes(h, w, self.window, tuple(c // 2 for c in self.window))
+        total = x.new_zeros(x.shape[0], self.num_classes, h, w, dtype=torch.float32)
+        count = x.new_zeros(1, 1, h, w, dtype=torch.float32)
+        for y1, y2, x1, x2 in boxes:
+            logits = self.infer(x[..., y1:y2, x1:x2]).logits.float()
+            total[..., y1:y2, x1:x2] += F.interpolate(logits, size=(y2 - y1, x2 - x1),
+                                                      mode="bilinear", align_corners=False)
+            count[..., y1:y2, x1:x2] += 1
+        return HRDAOutput(total / count, None, None, None, detail_weight=self.detail_weight)
