@@ -136,6 +136,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from cosalign.engine.memory import PRECISIONS, estimate_memory
+    from cosalign.methods.table import method_config
+
+    bad = [p for p in args.precisions if p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"--precisions: expected fp32, bf16 or fp16, got {bad[0]!r}")
+    presets = preset_names() if args.config == ["all"] else args.config
+    cfgs = {p: method_config(p, args.set, args.method) for p in presets}  # all checked first
+    gib = 2 ** 30
+    print("| config | method | precision | batch | weights | grads | optimizer | copies | "
+          "dictionary | step | total GiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, cfg in cfgs.items():
+        for precision in args.precisions:
+            e = estimate_memory(cfg, precision, args.batch)
+            parts = [e.weights, e.grads, e.optimizer, e.copies, e.dictionary, e.step]
+            print(f"| {name} | {args.method} | {precision} | {args.batch or cfg.data.batch_size} | "
+                  + " | ".join(f"{b / gib:.2f}" for b in parts) + f" | **{e.total / gib:.1f}** |",
+                  flush=True)
+    return 0
+
+
 def cmd_score(args) -> int:
     import json
 
@@ -516,6 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", type=Path, help="also write the results as JSON")
     _add_quiet(sc)
     sc.set_defaults(func=cmd_score)
+
+    mem = _add(sub, "memory", "estimate a preset's peak GPU memory without a GPU",
+               "Run one training step of a method on fake tensors (shapes, no data) and add up "
+               "what it holds: weights, gradients, the optimizer's state, the teacher and "
+               "frozen copies, and the step's activations at their peak, per precision. Not "
+               "counted: the CUDA context and the allocator's cache (a GPU shows more).",
+               "cosalign memory --config gta5_to_cityscapes_hrda --method mic",
+               "cosalign memory --config gta5_to_cityscapes_daformer --method dacs "
+               "--precisions bf16 --batch 4",
+               "cosalign memory --config all --method dacs")
+    mem.add_argument("--config", required=True, action=ListAction,
+                     help="presets or YAML files, or all: " + ", ".join(preset_names()))
+    mem.add_argument("--method", default="dacs", choices=list(METHODS), metavar="METHOD",
+                     help=f"one of {methods}")
+    mem.add_argument("--precisions", action=ListAction, default=["fp32", "bf16", "fp16"],
+                     metavar="P", help="autocast precisions: fp32 (none), bf16, fp16")
+    mem.add_argument("--batch", type=positive_int, help="images per domain (default: the "
+                     "config's data.batch_size)")
+    _add_set(mem)
+    mem.set_defaults(func=cmd_memory)
 
     r = _add(sub, "report", "results across runs and seeds: tables with paired intervals, plots",
              "Group finished runs by method (and by --by keys) and seed; write report.md and "

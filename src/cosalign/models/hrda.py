@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,17 +59,17 @@ class HRDAOutput(NamedTuple):
     detail_weight: float = 0.0  # lambda_d of the loss
 
 
-def crop_box(height: int, width: int, crop: tuple[int, int], divisible: int,
-             generator: torch.Generator | None = None) -> Box:
+def crop_box(height: int, width: int, crop: tuple[int, int], divisible: int) -> Box:
     """A random (h_d, w_d) = ``crop`` box inside (height, width) whose corner is a multiple of
-    ``divisible``: y1 = divisible * randint(0, (height - h_d + 1) // divisible), likewise x1
-    (HRDA's ``get_crop_bbox``; the whole input when it is the crop's size)."""
+    ``divisible``: y1 = divisible * randint(0, (height - h_d + 1) // divisible), then x1 alike,
+    from numpy's global generator (HRDA's ``get_crop_bbox``, the same draws; the whole input
+    when it is the crop's size)."""
     h_d, w_d = crop
     if (height, width) == (h_d, w_d):
         return 0, height, 0, width
     if h_d > height or w_d > width:
         raise ValueError(f"detail crop {w_d}x{h_d} larger than the input {width}x{height}")
-    y1, x1 = (divisible * int(torch.randint(0, (m + 1) // divisible, (), generator=generator))
+    y1, x1 = (divisible * int(np.random.randint(0, (m + 1) // divisible))
               for m in (height - h_d, width - w_d))
     return y1, y1 + h_d, x1, x1 + w_d
 
