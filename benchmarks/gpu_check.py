@@ -15,6 +15,9 @@ Sections (``--sections`` picks some; all by default), each a table in OUT/gpu_ch
 - transformer: one ``train_step`` of DAFormer's preset (MiT-B5, DAFormer head, AdamW, 2 + 2
   crops of 512x512, the feature distance on) for source-only, DACS, MIC and ours + MIC, fp32
   and bf16: s/step, ratios to source-only, DACS and MIC, peak GPU memory;
+- hrda: one ``train_step`` of HRDA's preset (MiT-B5 in HRDA's wrapper, 2 + 2 crops of
+  1024x1024) for HRDA, MIC(HRDA) and ours + MIC(HRDA), fp32 and bf16: s/step, ratio to HRDA,
+  peak GPU memory and ``cosalign memory``'s estimate of it;
 - loss: the cosine loss alone (N = 8385 positions, C = 2048), efficient vs plain autograd,
   Q = 100 and 1000, both match modes, fp32 and bf16 products: ms, ratio to the matrix-multiply
   roofline (FLOPs / the fp32 or bf16 product rate measured in this run), extra memory;
@@ -237,6 +240,62 @@ def section_transformer(args, device) -> tuple[str, bool]:
     return note + "\n\n" + table(header, rows) + "\n\n" + det, same[True] == "bit-equal"
 
 
+# --- one training step of HRDA and MIC(HRDA), and the memory estimate -----------------------
+
+HRDA_METHODS = ("dacs", "mic", "ours_mic")
+
+
+def section_hrda(args, device) -> tuple[str, bool]:
+    """HRDA's preset (MiT-B5 in HRDA's wrapper, 2 + 2 crops of 1024x1024, detail 512, AdamW,
+    the feature distance on): one ``train_step`` of HRDA (dacs), MIC(HRDA) and ours + MIC(HRDA),
+    fp32 and bf16: s/step and the peak GPU memory next to ``cosalign memory``'s estimate (which
+    leaves out the CUDA context and the allocator's cache; max_memory_allocated does too).
+    ``--small``: MiT-B0, 64x64 crops."""
+    from cosalign.engine.memory import estimate_memory
+
+    crop = 64 if args.small else 1024
+    small = ["model.arch=mit_b0", "model.embed=32", "model.hrda.detail_crop=32,32",
+             "model.hrda.window=64,64", "model.hrda.attention_embed=16", "selftrain.mask_patch=8"]
+    rows = []
+    for amp, precision in (("none", "fp32"), ("bf16", "bf16")):
+        base = load_config("gta5_to_cityscapes_hrda",
+                           ["model.weights=null", f"train.amp={amp}",
+                            *(small if args.small else [])])
+        b = base.data.batch_size
+        x_s = torch.randn(b, 3, crop, crop, device=device)
+        y_s = torch.randint(0, 19, (b, crop, crop), device=device)
+        x_t = torch.randn(b, 3, crop, crop, device=device)
+        secs = {}
+        for method in HRDA_METHODS:
+            cfg = apply_method(copy.deepcopy(base), method)
+            cfg.data.source.crop = cfg.data.target.crop = (crop, crop)
+            estimate = estimate_memory(cfg, precision).total / 2**30
+            torch.manual_seed(0)
+            model = build_model(cfg.model, 19).to(device).train()
+            d = full_dictionary(cfg.dictionary.capacity, model.feature_dim, device)
+            opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
+            parts = build_terms(cfg, 19, device, model)
+            reset_peak(device)
+            step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
+                                     {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,
+                                     autocast_for(amp, device), seg_reduction="all",
+                                     align_corners=False)
+            secs[method] = best_time(step, device, args.repeat, warmup=0 if args.small else 1)
+            peak = peak_gib(device)
+            ratio = "-" if peak == "-" else f"{float(peak) / estimate:.2f}"
+            rows.append([method, precision, f"{secs[method]:.3f}",
+                         f"{secs[method] / secs['dacs']:.2f}x", peak, f"{estimate:.2f}", ratio])
+            del step, opt, parts, model, d
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    header = ["method", "precision", "s/step", "/ HRDA", "peak memory GiB",
+              "estimate GiB (cosalign memory)", "peak / estimate"]
+    arch = "MiT-B0, 64x64 crops" if args.small else "MiT-B5, 1024x1024 crops, detail 512"
+    note = (f"gta5_to_cityscapes_hrda: {arch}, batch {b} + {b}, AdamW, the feature distance on, "
+            f"best of {args.repeat} (target: MIC(HRDA) in bf16 within 16 GB)")
+    return note + "\n\n" + table(header, rows), True
+
+
 def encoder_gradients_repeat(cfg, x: torch.Tensor, device, deterministic: bool) -> str:
     """Whether two identical forward + backward passes of the MiT encoder (stochastic depth
     seeded alike) give bit-equal weight gradients: "bit-equal" or the largest difference.
@@ -441,7 +500,7 @@ def section_e2e(args, device) -> tuple[str, bool]:
 
 
 SECTIONS = {"tests": section_tests, "step": section_step, "transformer": section_transformer,
-            "loss": section_loss, "e2e": section_e2e}
+            "hrda": section_hrda, "loss": section_loss, "e2e": section_e2e}
 
 
 def main() -> int:

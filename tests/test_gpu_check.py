@@ -31,7 +31,10 @@ def test_gpu_check_smoke_run_writes_the_tests_step_transformer_and_loss_tables(t
 
 
 def test_gpu_check_smoke_run_kills_resumes_evaluates_and_predicts(tmp_path):
-    report = _run(tmp_path / "gc", "e2e")
+    report = _run(tmp_path / "gc", "e2e", "hrda")
+    for method in ("dacs", "mic", "ours_mic"):  # HRDA's step with the memory estimate
+        row = next(r for r in report.splitlines() if r.startswith(f"| {method} | bf16 |"))
+        assert float(row.split("|")[6]) > 0
     assert "killed with checkpoints [2]" in report
     assert "match: iterations 4 / 4" in report
     assert "2 coloured predictions" in report
