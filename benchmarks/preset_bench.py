@@ -119,7 +119,7 @@ def labelled_pixels(cfg) -> int:
     return sum(int((val[i]["label"] != 255).sum()) for i in range(len(val)))
 
 
-def run_row(preset: str, method: str, root: Path, shrink: bool) -> dict:
+def run_row(preset: str, method: str, root: Path, shrink: bool, extra: list[str]) -> dict:
     """Train 2 iterations (a stop after the first, a resume), evaluate; in this process."""
     from cosalign.engine.logger import read_metrics
     from cosalign.engine.train import train
@@ -127,7 +127,7 @@ def run_row(preset: str, method: str, root: Path, shrink: bool) -> dict:
 
     trees = make_trees(root / "trees")  # made by the caller: reused
     weights = make_weights(root, load_config(preset).model.arch, shrink)
-    cfg = method_config(preset, overrides(preset, trees, weights, shrink), method)
+    cfg = method_config(preset, overrides(preset, trees, weights, shrink) + extra, method)
     run = Path(tempfile.mkdtemp(dir=root))
     assert train(cfg, run, progress=False, stop_at=1) is None
     t0 = time.perf_counter()
@@ -136,7 +136,8 @@ def run_row(preset: str, method: str, root: Path, shrink: bool) -> dict:
     rows = [r for r in read_metrics(run) if r["kind"] == "train"]
     steps = [r["sec"] for r in rows]  # each call's seconds since its loop started
     return {"preset": preset, "method": method, "arch": cfg.model.arch,
-            "batch": cfg.data.batch_size, "step1_s": steps[0], "step2_s": steps[1],
+            "batch": cfg.data.batch_size, "amp": cfg.train.amp,
+            "step1_s": steps[0], "step2_s": steps[1],
             "eval_s": second - steps[1],
             "scored_pixels": sum(map(sum, results["confusion"])),
             "labelled_pixels": labelled_pixels(cfg),
@@ -153,31 +154,35 @@ def main() -> None:
     p.add_argument("--shrink", action="store_true", help="small networks, real image sizes")
     p.add_argument("--root", type=Path, default=Path("runs/preset_bench"),
                    help="where the trees, weights and runs go (reused)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more overrides for every row, e.g. train.amp=bf16")
     p.add_argument("--row", nargs=2, metavar=("PRESET", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(2)
     args.root.mkdir(parents=True, exist_ok=True)
     if args.row:
-        print(json.dumps(run_row(*args.row, args.root, args.shrink)))
+        print(json.dumps(run_row(*args.row, args.root, args.shrink, args.set)))
         return
     make_trees(args.root / "trees")
     for preset in args.presets:
         make_weights(args.root, load_config(preset).model.arch, args.shrink)
-    print("| preset | method | network | batch | s/step (1st) | s/step (after resume) | "
-          "resume + eval of the val images (s) | peak MiB |\n|---|---|---|---|---|---|---|---|",
-          flush=True)
+    print("| preset | method | network | batch | precision | s/step (1st) | s/step (after "
+          "resume) | resume + eval of the val images (s) | peak MiB |\n"
+          + "|---" * 9 + "|", flush=True)
     for preset in args.presets:
         for method in args.methods or preset_methods(preset):
-            cmd = [sys.executable, __file__, "--row", preset, method, "--root", str(args.root)]
+            cmd = [sys.executable, __file__, "--row", preset, method, "--root", str(args.root),
+                   "--set", *args.set]
             out = subprocess.run(cmd + (["--shrink"] if args.shrink else []),
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 last = (out.stderr.strip().splitlines() or ["?"])[-1]
-                print(f"| {preset} | {method} | failed: {last} |||||", flush=True)
+                print(f"| {preset} | {method} | failed: {last} ||||||", flush=True)
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {preset} | {method} | {r['arch']} | {r['batch']} + {r['batch']} | "
-                  f"{r['step1_s']:.1f} | {r['step2_s']:.1f} | {r['eval_s']:.1f} | "
+                  f"{'fp32' if r['amp'] == 'none' else r['amp']} | {r['step1_s']:.1f} | "
+                  f"{r['step2_s']:.1f} | {r['eval_s']:.1f} | "
                   f"{r['peak_mib']:.0f} |", flush=True)
 
 

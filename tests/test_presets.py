@@ -14,8 +14,9 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 PRESETS, make_trees, run_row = bench.PRESETS, bench.make_trees, bench.run_row
 
-# the richest method of each preset: self-training with the alignment (and MIC on DAFormer's)
-ROWS = [(p, "ours_mic" if "daformer" in p else "ours_dacs") for p in PRESETS]
+# the richest method of each preset: self-training with the alignment (and MIC on DAFormer's
+# and HRDA's)
+ROWS = [(p, "ours_mic" if "daformer" in p or "hrda" in p else "ours_dacs") for p in PRESETS]
 ROWS += [("gta5_to_cityscapes", "ours")]  # the paper's step: whole 1280x720 images, batch 1
 
 
@@ -28,7 +29,7 @@ def bench_root(tmp_path_factory):
 
 @pytest.mark.parametrize("preset, method", ROWS)
 def test_each_preset_trains_resumes_and_evaluates_at_real_size(bench_root, preset, method):
-    row = run_row(preset, method, bench_root, shrink=True)
+    row = run_row(preset, method, bench_root, shrink=True, extra=[])
     assert row["scored_pixels"] == row["labelled_pixels"] > 0  # at the labels' resolution
     assert row["step1_s"] > 0 and row["step2_s"] > 0
     expected = {"seg", "cos"} | ({"st", "mic"} if "mic" in method else set()) | (
