@@ -325,6 +325,46 @@ PLAN["mit-ref"] = [("photo, seeds 1-3", _ref_cells((1, 2, 3), ("photo",))),
                    ("photo and dusk, seeds 4-5", _ref_cells((4, 5), ("photo", "dusk")))]
 
 
+# HRDA on MiniCity (issue 44; docs/METHOD.md section 15), fixed before any run: HRDA's ratios
+# at MiniCity's scale. Cityscapes at 2048x1024 is MiniCity's target at 384x192 (x0.1875):
+# HRDA's 1024 outer crop -> 192x192 (the full height), its context at half resolution 96x96,
+# its 512 detail crop -> 96x96 (boxes on multiples of 8), the test's 1024 windows -> 192
+# (stride 96: 3 windows over 384x192), MIC's 64 blocks of 1024 -> 12 of 192; the attention head
+# as wide as the main head (32; HRDA's is 256 with a 256-wide head). The source at its rendered
+# 320x180, padded to 192 rows as HRDA pads. No pseudo-label margins (MiniCity's images have no
+# rectification border). Against it DAFormer's DACS at the matching low resolution: both
+# domains at half size (target 192x96, source 160x90) with 96x96 crops, evaluated at 192x96,
+# the input HRDA's context sees. Both branch off their own source-only warm-up at 500, as the
+# mit-ref plan; fp32; seeds 1-5, 1-3 first, photo then dusk.
+HRDA = (*MIT, "optim.lr=6e-4", *MIT_REF, "model.hrda.enabled=true",
+        "model.hrda.detail_crop=96,96", "model.hrda.window=192,192",
+        "model.hrda.attention_embed=32", "data.source.crop=192,192",
+        "data.target.crop=192,192", "selftrain.mask_patch=12")
+LOWRES = (*MIT, "optim.lr=6e-4", *MIT_REF, "data.source.size=160,90",
+          "data.source.crop=96,96", "data.target.size=192,96", "data.target.crop=96,96",
+          "data.val.size=192,96", "selftrain.mask_patch=6")
+BASES |= {"warmup-hrda": HRDA, "warmup-lowres": LOWRES}
+HRDA_METHODS = {"HRDA": "dacs", "MIC(HRDA)": "mic", "ours + HRDA": "ours_dacs",
+                "ours + MIC(HRDA)": "ours_mic"}
+
+
+def _hrda_cells(seeds: tuple[int, ...], targets: tuple[str, ...]) -> dict[str, Experiment]:
+    cells = {}
+    for target in targets:
+        label = "" if target == "photo" else target + " "
+        cells[f"{label}lowres DACS"] = Experiment("dacs", (), "warmup-lowres", target=target,
+                                                  seeds=seeds)
+        cells |= {f"{label}hrda {m}": Experiment(method, (), "warmup-hrda", target=target,
+                                                 seeds=seeds)
+                  for m, method in HRDA_METHODS.items()}
+    return cells
+
+
+PLAN["hrda"] = [("photo, seeds 1-3", _hrda_cells((1, 2, 3), ("photo",))),
+                ("dusk, seeds 1-3", _hrda_cells((1, 2, 3), ("dusk",))),
+                ("photo and dusk, seeds 4-5", _hrda_cells((4, 5), ("photo", "dusk")))]
+
+
 def chosen_mit_lr() -> str | None:
     """The rule fixed before the selection ran: the learning rate whose source-only run scores
     the highest mIoU on the selection split (the lower one on a tie); None until all ran."""
@@ -385,6 +425,12 @@ TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str | tuple
     **{f"mit-ref{suffix}": (lambda seed, name, p=prefix: seed > 0 and name in {
         f"{p}mit-ref {m}" for m in MIT_REF_METHODS}, ("run",),
         (f"dacs [run={prefix}mit-ref DACS]", f"mic [run={prefix}mit-ref MIC]"))
+       for suffix, prefix in (("", ""), ("-dusk", "dusk "))},
+    # HRDA and MIC(HRDA), ours on each, against DAFormer's DACS at the matching resolution
+    **{f"hrda{suffix}": (lambda seed, name, p=prefix: seed > 0 and name in {
+        f"{p}lowres DACS", *(f"{p}hrda {m}" for m in HRDA_METHODS)}, ("run",),
+        (f"dacs [run={prefix}lowres DACS]", f"dacs [run={prefix}hrda HRDA]",
+         f"mic [run={prefix}hrda MIC(HRDA)]"))
        for suffix, prefix in (("", ""), ("-dusk", "dusk "))},
     "sweep": (lambda seed, name: seed == 0 and name in sweep_names(), ("run",),
               "source_only [run=source-only]"),
