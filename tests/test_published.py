@@ -194,3 +194,28 @@ def test_training_starts_from_a_published_checkpoint(tmp_path):
                            state[part + "decode_head.scale_attention.embed_layers.0.proj.weight"])
     with pytest.raises(WeightsError, match="does not fit"):
         load_weights(build_model(load_config(preset(tmp_path, False)).model, K), file)
+
+
+def test_eval_and_predict_read_a_published_checkpoint(tmp_path, capsys):
+    """`cosalign eval --checkpoint FILE --config PRESET` and `cosalign predict` on an HRDA file:
+    the preset gives the network and the data; without --config, one line says what to add."""
+    from cosalign.cli import main
+    from tests.trees import make_cityscapes
+
+    cs = tmp_path / "cs"
+    make_cityscapes(cs, "val", per_city=1, size=(128, 64))  # two images
+    file = tmp_path / "hrda.pth"
+    make_checkpoint(file, hrda=True, parts=("model",))
+    cfg = yaml.safe_load(open(preset(tmp_path, True)))
+    cfg["data"] = {"val": {"dataset": "cityscapes", "root": str(cs), "split": "val",
+                           "size": [128, 64]}, "normalization": "imagenet"}
+    (tmp_path / "hrda.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["--checkpoint", str(file), "--config", str(tmp_path / "hrda.yaml"), "--quiet",
+            "--device", "cpu"]
+    assert main(["eval", *args]) == 0
+    assert (tmp_path / "eval_val.json").is_file()
+    assert main(["predict", *args, str(cs / "leftImg8bit"), "--out", str(tmp_path / "pred")]) == 0
+    assert len(list((tmp_path / "pred").rglob("*_trainIds.png"))) == 2
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(file), "--quiet"]) == 2
+    assert "--config PRESET" in capsys.readouterr().err
