@@ -5,6 +5,7 @@ ours + DACS), in one run.
     .venv/bin/python benchmarks/step_bench.py --quick    # MiniCity scale only
     .venv/bin/python benchmarks/step_bench.py --transformer [--paper]   # MiT: DACS, MIC, ours
     .venv/bin/python benchmarks/step_bench.py --transformer --embed 32  # a narrower head
+    .venv/bin/python benchmarks/step_bench.py --hrda --repeat 3          # HRDA on MiniCity
 
 Every step is the real ``train_step`` on random tensors of the benchmark's shapes (no data
 loading), methods interleaved round-robin so that machine noise hits them alike; the median of
@@ -18,6 +19,12 @@ the cosine loss and the dictionary. DACS adds a teacher forward on the target ba
 student forward and backward on the mixed batch (the size of the target batch); ours + DACS
 adds the alignment's pass over the clean target batch to that (``selftrain.align_on=clean``).
 
+``--hrda``: HRDA on MiniCity as the ablation's ``hrda`` plan sets it (MiT-B0, head width 32,
+8 + 8 outer crops of 192x192, context 96x96, detail 96x96, fp32): DAFormer's DACS at the
+matching half resolution (96x96 crops) and at MiniCity's usual 192x96 crops, HRDA, MIC(HRDA)
+and ours + MIC(HRDA), with each step's peak of allocated tensor bytes (engine/memory.py's
+counter on the real step) and ``cosalign memory``'s estimate of it.
+
 ``--transformer``: the MiT network with DAFormer's head and AdamW, source-only, DACS, MIC (one
 more student pass on the masked target batch) and ours + MIC (the alignment on the mixed
 batch's stride-4 features, no extra pass), at MiniCity scale (MiT-B0, 8 + 8 images) and with
@@ -30,6 +37,7 @@ source-only, the compute budget a MiniCity transformer is compared at.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -154,6 +162,66 @@ def bench_transformer(preset: str, overrides: list[str], size_s, size_t,
             for name, sec in med.items()]
 
 
+HRDA_MIT = ["model.arch=mit_b0", "model.embed=32", "loss.aux=0", "optim.name=adamw",
+            "model.align_corners=false", "loss.seg_reduction=all", "selftrain.ema=daformer",
+            "train.amp=none"]
+HRDA_ROWS = {  # name: (method, overrides, source (H, W), target (H, W))
+    "DACS, 96x96 crops (DAFormer at half resolution)": (
+        "dacs", ["selftrain.mask_patch=6"], (96, 96), (96, 96)),
+    "DACS, 192x96 crops (MiniCity's MiT runs)": ("dacs", [], (96, 192), (96, 192)),
+    "HRDA": ("dacs", ["model.hrda.enabled=true"], (192, 192), (192, 192)),
+    "MIC(HRDA)": ("mic", ["model.hrda.enabled=true"], (192, 192), (192, 192)),
+    "ours + MIC(HRDA)": ("ours_mic", ["model.hrda.enabled=true"], (192, 192), (192, 192)),
+}
+HRDA_SET = ["model.hrda.detail_crop=96,96", "model.hrda.window=192,192",
+            "model.hrda.attention_embed=32", "selftrain.mask_patch=12"]
+
+
+def bench_hrda(repeat: int) -> list[tuple]:
+    """(row, s / step, / DACS at 96x96, / HRDA, peak MiB, estimate MiB) of :data:`HRDA_ROWS`."""
+    from cosalign.engine.memory import PeakBytes, estimate_memory
+
+    device = torch.device("cpu")
+    state = {}
+    for name, (method, overrides, size_s, size_t) in HRDA_ROWS.items():
+        sets = [*HRDA_MIT, *HRDA_SET, *overrides,
+                f"data.source.crop={size_s[1]},{size_s[0]}",
+                f"data.target.crop={size_t[1]},{size_t[0]}"]
+        cfg = apply_method(load_config("minicity", sets), method)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 19).to(device).train()
+        d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
+                                   cfg.dictionary.per_image)
+        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.dictionary.capacity,
+                                                         model.feature_dim), dim=1),
+               torch.arange(19).repeat_interleave(cfg.dictionary.capacity))
+        b = cfg.data.batch_size
+        batches = ({"image": torch.randn(b, 3, *size_s),
+                    "label": torch.randint(0, 19, (b, *size_s))},
+                   {"image": torch.randn(b, 3, *size_t)})
+        opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
+        estimate = estimate_memory(cfg, "fp32")
+        state[name] = (build_terms(cfg, 19, device, model), model, d, opt, batches, cfg,
+                       (estimate.step + estimate.grads) / 2**20)
+    times = {name: [] for name in state}
+    peaks = {}
+    for it in range(repeat + 2):
+        for name, (parts, model, d, opt, (bs, bt), _cfg, _) in state.items():
+            count = PeakBytes()
+            t0 = time.perf_counter()
+            with count if it == 1 else contextlib.nullcontext():  # its peak, once, untimed
+                train_step(model, bs, bt, 10**6, parts, d, opt, seg_reduction="all",
+                           align_corners=False)
+            if it == 1:
+                peaks[name] = count.peak / 2**20
+            elif it > 1:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    first = next(iter(med))
+    return [(name, sec, sec / med[first], sec / med["HRDA"], peaks[name], state[name][-1])
+            for name, sec in med.items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -162,8 +230,17 @@ def main() -> None:
     p.add_argument("--paper", action="store_true", help="with --transformer: DAFormer's size too")
     p.add_argument("--embed", type=int, default=256,
                    help="with --transformer: the MiniCity network's head width (model.embed)")
+    p.add_argument("--hrda", action="store_true", help="HRDA on MiniCity (the hrda plan)")
     args = p.parse_args()
     print(f"# step_bench: {torch.get_num_threads()} threads, torch {torch.__version__}")
+    if args.hrda:
+        print("\n## HRDA on MiniCity (MiT-B0, head 32, 8 + 8 images, fp32)\n\n| row | s / step "
+              "| / DACS at 96x96 | / HRDA | step's peak MiB | estimate MiB |\n"
+              "|---|---|---|---|---|---|")
+        for name, sec, r_lo, r_h, peak, est in bench_hrda(args.repeat):
+            print(f"| {name} | {sec:.3f} | {r_lo:.2f}x | {r_h:.2f}x | {peak:.0f} | {est:.0f} |",
+                  flush=True)
+        return
     if args.transformer:
         for title, (preset, overrides, size_s, size_t) in TRANSFORMER.items():
             if preset != "minicity" and not args.paper:
