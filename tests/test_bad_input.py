@@ -83,7 +83,11 @@ def _outside(f: dataclasses.Field, value):
     x = r.low - 1 if r.low is not None else r.high + 1
     if isinstance(value, float):
         return x
-    return int(x) if isinstance(value, int) else [int(x), int(x)]  # sizes, rates
+    if isinstance(value, int):
+        return int(x)
+    # a list: as many items as the field holds (a None default: as its tuple type says)
+    n = len(value) if isinstance(value, list | tuple) else str(f.type).split("]")[0].count(",") + 1
+    return [int(x)] * max(n, 2)  # sizes, rates, margins
 
 
 DECLARED = [(key, f, value) for key, f, value in _fields(Config())

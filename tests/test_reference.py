@@ -413,8 +413,8 @@ def test_a_run_upsamples_every_logit_map_as_model_align_corners_says(tiny_config
     run's ``model.align_corners`` (DAFormer: False everywhere)."""
     import cosalign.engine.evaluate
     import cosalign.engine.train
+    import cosalign.losses.segmentation
     import cosalign.methods.base
-    import cosalign.methods.masked_consistency
     import cosalign.methods.self_training
     from cosalign.engine.train import train
     from cosalign.models.upsample import upsample_logits
@@ -426,7 +426,7 @@ def test_a_run_upsamples_every_logit_map_as_model_align_corners_says(tiny_config
         return upsample_logits(logits, size, align_corners)
 
     for module in (cosalign.engine.train, cosalign.engine.evaluate, cosalign.methods.base,
-                   cosalign.methods.self_training, cosalign.methods.masked_consistency):
+                   cosalign.methods.self_training, cosalign.losses.segmentation):
         monkeypatch.setattr(module, "upsample_logits", spy)
     cfg = apply_method(copy.deepcopy(tiny_config), "ours_mic")
     cfg.model.align_corners, cfg.train.iters, cfg.align.start_iter = False, 2, 0
