@@ -183,6 +183,40 @@ def section_step(args, device) -> tuple[str, bool]:
     return note + "\n\n" + table(header, rows), True
 
 
+def square_batch(args, preset: str, amp: str, small: list[str], crop: int, device):
+    """The preset's config (``small``'s overrides with ``--small``) and a random batch of its
+    size, (x_s, y_s, x_t) of crop x crop."""
+    base = load_config(preset, ["model.weights=null", f"train.amp={amp}",
+                                *(small if args.small else [])])
+    b = base.data.batch_size
+    return base, (torch.randn(b, 3, crop, crop, device=device),
+                  torch.randint(0, 19, (b, crop, crop), device=device),
+                  torch.randn(b, 3, crop, crop, device=device))
+
+
+def time_mit_step(args, cfg, amp: str, batch: tuple, device, warmup: int,
+                  **step_kw) -> tuple[float, str]:
+    """(best s/step, peak GiB) of ``train_step`` for ``cfg`` on ``batch`` = (x_s, y_s, x_t):
+    a new network, a full dictionary, AdamW and the method's parts (the teacher, the feature
+    distance's frozen copy); ``--small`` times with no untimed call (its times mean nothing)."""
+    x_s, y_s, x_t = batch
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 19).to(device).train()
+    d = full_dictionary(cfg.dictionary.capacity, model.feature_dim, device)
+    opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
+    parts = build_terms(cfg, 19, device, model)
+    reset_peak(device)
+    step = functools.partial(train_step, model, {"image": x_s, "label": y_s}, {"image": x_t},
+                             10**6, parts, d, opt, None, cfg.loss.aux, autocast_for(amp, device),
+                             **step_kw)
+    sec = best_time(step, device, args.repeat, warmup=0 if args.small else warmup)
+    peak = peak_gib(device)
+    del step, opt, parts, model, d
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return sec, peak
+
+
 # --- one training step of the transformer ---------------------------------------------------
 
 TRANSFORMER_METHODS = ("source_only", "dacs", "mic", "ours_mic")
@@ -197,32 +231,12 @@ def section_transformer(args, device) -> tuple[str, bool]:
     small = ["model.arch=mit_b0", "model.embed=32", f"selftrain.mask_patch={32 // scale}"]
     rows = []
     for amp in ("none", "bf16"):
-        base = load_config("gta5_to_cityscapes_daformer",
-                           ["model.weights=null", f"train.amp={amp}",
-                            *(small if args.small else [])])
-        b = base.data.batch_size
-        x_s = torch.randn(b, 3, crop, crop, device=device)
-        y_s = torch.randint(0, 19, (b, crop, crop), device=device)
-        x_t = torch.randn(b, 3, crop, crop, device=device)
+        base, batch = square_batch(args, "gta5_to_cityscapes_daformer", amp, small, crop, device)
         secs = {}
         for method in TRANSFORMER_METHODS:
             cfg = apply_method(copy.deepcopy(base), method)
-            torch.manual_seed(0)
-            model = build_model(cfg.model, 19).to(device).train()
-            d = full_dictionary(cfg.dictionary.capacity, model.feature_dim, device)
-            opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
-            parts = build_terms(cfg, 19, device, model)  # the teacher, the FD's frozen copy
-            reset_peak(device)
-            step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
-                                     {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,
-                                     autocast_for(amp, device))
-            # --small: no untimed call (a smoke run of the code; its times mean nothing)
-            secs[method] = best_time(step, device, args.repeat, warmup=0 if args.small else 2)
-            rows.append([method, "bf16" if amp == "bf16" else "fp32", secs[method],
-                         peak_gib(device)])
-            del step, opt, parts, model, d
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            secs[method], peak = time_mit_step(args, cfg, amp, batch, device, 2)
+            rows.append([method, "bf16" if amp == "bf16" else "fp32", secs[method], peak])
         for row in rows[-len(TRANSFORMER_METHODS):]:
             sec = row[2]
             row[2:3] = [f"{sec:.3f}", f"{sec / secs['source_only']:.2f}x",
@@ -230,11 +244,12 @@ def section_transformer(args, device) -> tuple[str, bool]:
     header = ["method", "precision", "s/step", "/ source-only", "/ DACS", "/ MIC",
               "peak memory GiB"]
     arch = "MiT-B0, head width 32" if args.small else "MiT-B5, DAFormer head (256)"
-    note = (f"gta5_to_cityscapes_daformer: {arch}, batch {b} + {b} crops of {crop}x{crop}, "
+    note = (f"gta5_to_cityscapes_daformer: {arch}, batch {len(batch[0])} + {len(batch[0])} crops "
+            f"of {crop}x{crop}, "
             f"AdamW, the feature distance on, dictionary 19 x {base.dictionary.capacity}, "
             f"best of {args.repeat} (targets: MIC <= 1.4x DACS, ours + MIC <= 1.15x "
             "MIC)")
-    same = {on: encoder_gradients_repeat(base, x_s, device, on) for on in (False, True)}
+    same = {on: encoder_gradients_repeat(base, batch[0], device, on) for on in (False, True)}
     det = ("The encoder's gradients (attention included), two identical fp32 passes: "
            f"train.deterministic=false: {same[False]}; train.deterministic=true: {same[True]}")
     return note + "\n\n" + table(header, rows) + "\n\n" + det, same[True] == "bit-equal"
@@ -258,40 +273,22 @@ def section_hrda(args, device) -> tuple[str, bool]:
              "model.hrda.window=64,64", "model.hrda.attention_embed=16", "selftrain.mask_patch=8"]
     rows = []
     for amp, precision in (("none", "fp32"), ("bf16", "bf16")):
-        base = load_config("gta5_to_cityscapes_hrda",
-                           ["model.weights=null", f"train.amp={amp}",
-                            *(small if args.small else [])])
-        b = base.data.batch_size
-        x_s = torch.randn(b, 3, crop, crop, device=device)
-        y_s = torch.randint(0, 19, (b, crop, crop), device=device)
-        x_t = torch.randn(b, 3, crop, crop, device=device)
+        base, batch = square_batch(args, "gta5_to_cityscapes_hrda", amp, small, crop, device)
         secs = {}
         for method in HRDA_METHODS:
             cfg = apply_method(copy.deepcopy(base), method)
             cfg.data.source.crop = cfg.data.target.crop = (crop, crop)
             estimate = estimate_memory(cfg, precision).total / 2**30
-            torch.manual_seed(0)
-            model = build_model(cfg.model, 19).to(device).train()
-            d = full_dictionary(cfg.dictionary.capacity, model.feature_dim, device)
-            opt = torch.optim.AdamW(model.param_groups(6e-5), lr=6e-5)
-            parts = build_terms(cfg, 19, device, model)
-            reset_peak(device)
-            step = functools.partial(train_step, model, {"image": x_s, "label": y_s},
-                                     {"image": x_t}, 10**6, parts, d, opt, None, cfg.loss.aux,
-                                     autocast_for(amp, device), seg_reduction="all",
-                                     align_corners=False)
-            secs[method] = best_time(step, device, args.repeat, warmup=0 if args.small else 1)
-            peak = peak_gib(device)
+            secs[method], peak = time_mit_step(args, cfg, amp, batch, device, 1,
+                                               seg_reduction="all", align_corners=False)
             ratio = "-" if peak == "-" else f"{float(peak) / estimate:.2f}"
             rows.append([method, precision, f"{secs[method]:.3f}",
                          f"{secs[method] / secs['dacs']:.2f}x", peak, f"{estimate:.2f}", ratio])
-            del step, opt, parts, model, d
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
     header = ["method", "precision", "s/step", "/ HRDA", "peak memory GiB",
               "estimate GiB (cosalign memory)", "peak / estimate"]
     arch = "MiT-B0, 64x64 crops" if args.small else "MiT-B5, 1024x1024 crops, detail 512"
-    note = (f"gta5_to_cityscapes_hrda: {arch}, batch {b} + {b}, AdamW, the feature distance on, "
+    note = (f"gta5_to_cityscapes_hrda: {arch}, batch {len(batch[0])} + {len(batch[0])}, AdamW, "
+            "the feature distance on, "
             f"best of {args.repeat} (target: MIC(HRDA) in bf16 within 16 GB)")
     return note + "\n\n" + table(header, rows), True
 

@@ -71,6 +71,15 @@ FLOOR = "source-only + target forward/backward, no loss"
 DEEPLAB = "source-only, DeepLab-v2 R18 x1/4 (the MiniCity preset's network)"
 
 
+def full_dictionary(cfg, model) -> ClassFeatureDictionary:
+    """The run's dictionary, every slot filled with a random unit vector."""
+    c = cfg.dictionary
+    d = ClassFeatureDictionary(19, c.capacity, model.feature_dim, c.per_image)
+    d.push(torch.nn.functional.normalize(torch.randn(19 * c.capacity, model.feature_dim), dim=1),
+           torch.arange(19).repeat_interleave(c.capacity))
+    return d
+
+
 def bench(preset: str, overrides: list[str], size_s, size_t, qs, repeat: int) -> list[tuple]:
     base = load_config(preset, overrides)
     device = torch.device("cpu")
@@ -93,11 +102,7 @@ def bench(preset: str, overrides: list[str], size_s, size_t, qs, repeat: int) ->
         model = build_model(cfg.model, 19).to(device).train()
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
-        d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
-                                   cfg.dictionary.per_image)
-        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.dictionary.capacity,
-                                                         model.feature_dim), dim=1),
-               torch.arange(19).repeat_interleave(cfg.dictionary.capacity))  # a full dictionary
+        d = full_dictionary(cfg, model)
         opt = torch.optim.SGD(model.param_groups(1e-4), lr=1e-4, momentum=0.9)
         state[name] = (build_terms(cfg, 19, device, model), model, d, opt,
                        autocast_for(cfg.train.amp, device))
@@ -138,11 +143,7 @@ def bench_transformer(preset: str, overrides: list[str], size_s, size_t,
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
         model = build_model(cfg.model, 19).to(device).train()
-        d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
-                                   cfg.dictionary.per_image)
-        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.dictionary.capacity,
-                                                         model.feature_dim), dim=1),
-               torch.arange(19).repeat_interleave(cfg.dictionary.capacity))
+        d = full_dictionary(cfg, model)
         if name == DEEPLAB:
             opt = torch.optim.SGD(model.param_groups(0.02), lr=0.02, momentum=0.9)
         else:
@@ -190,11 +191,7 @@ def bench_hrda(repeat: int) -> list[tuple]:
         cfg = apply_method(load_config("minicity", sets), method)
         torch.manual_seed(0)
         model = build_model(cfg.model, 19).to(device).train()
-        d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
-                                   cfg.dictionary.per_image)
-        d.push(torch.nn.functional.normalize(torch.randn(19 * cfg.dictionary.capacity,
-                                                         model.feature_dim), dim=1),
-               torch.arange(19).repeat_interleave(cfg.dictionary.capacity))
+        d = full_dictionary(cfg, model)
         b = cfg.data.batch_size
         batches = ({"image": torch.randn(b, 3, *size_s),
                     "label": torch.randint(0, 19, (b, *size_s))},
