@@ -118,10 +118,11 @@ def run_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, batch: i
                               enabled=dtype is not None)
     loss_cfg, st = cfg.loss, cfg.selftrain
     (hs, ws), (ht, wt) = input_size(cfg.data.source), input_size(cfg.data.target)
-    x_s, x_t = torch.randn(batch, 3, hs, ws), torch.randn(batch, 3, ht, wt)
-    y_s = torch.zeros(batch, hs, ws, dtype=torch.long)
-    y_t = torch.zeros(batch, ht, wt, dtype=torch.long)
-    w_t = torch.ones(batch, ht, wt)
+    x_s = torch.randn(batch, 3, hs, ws, device=device)
+    x_t = torch.randn(batch, 3, ht, wt, device=device)
+    y_s = torch.zeros(batch, hs, ws, dtype=torch.long, device=device)
+    y_t = torch.zeros(batch, ht, wt, dtype=torch.long, device=device)
+    w_t = torch.ones(batch, ht, wt, device=device)
     ac, red = cfg.model.align_corners, loss_cfg.seg_reduction
     model.train()
 

@@ -169,17 +169,17 @@ class HRDASegmenter(nn.Module):
 
     def fuse(self, lr: Tensor, att: Tensor, hr: Tensor, box: Box | None = None) -> Tensor:
         """up2((1 - a) lr) + up2(a) insert(hr); a masked to the box (input pixels) if given."""
+        up = round(1 / self.scale)
         if box is not None:
-            s = round(self.stride / self.scale)
+            s = self.stride * up
             y1, y2, x1, x2 = box
             mask = torch.zeros_like(att[:, :1])
             mask[..., y1 // s:y2 // s, x1 // s:x2 // s] = 1
             att = att * mask
             y1, y2, x1, x2 = (c // self.stride for c in box)
-            full = hr.new_zeros(*hr.shape[:2], lr.shape[-2] * 2, lr.shape[-1] * 2)
+            full = hr.new_zeros(*hr.shape[:2], lr.shape[-2] * up, lr.shape[-1] * up)
             full[..., y1:y2, x1:x2] = hr
             hr = full
-        up = round(1 / self.scale)
         up_lr = F.interpolate((1 - att) * lr, scale_factor=up, mode="bilinear",
                               align_corners=False)
         up_att = F.interpolate(att, scale_factor=up, mode="bilinear", align_corners=False)
