@@ -97,9 +97,14 @@ def convert_published(state: dict, which: str = "student") -> tuple[dict[str, Te
         if re.fullmatch(r"(head|attention)\.embed\.\d+\.weight", new):
             value = value[:, :, None, None]  # Linear (E, C) -> 1x1 conv (E, C, 1, 1)
         out[new] = value
+    return out, class_names(state)
+
+
+def class_names(state: dict) -> list[str] | None:
+    """The class names mmseg records in the checkpoint's ``meta.CLASSES`` (None: none)."""
     meta = state.get("meta") or {}
     classes = meta.get("CLASSES") if isinstance(meta, dict) else None
-    return out, None if classes is None else [str(c) for c in classes]
+    return None if classes is None else [str(c) for c in classes]
 
 
 def reorder_classes(state: dict[str, Tensor], theirs: list[str], ours: list[str]

@@ -31,6 +31,7 @@ from torch import nn
 
 from cosalign.models.published import (
     PublishedError,
+    class_names,
     convert_published,
     is_published,
     reorder_classes,
@@ -166,7 +167,7 @@ def strict_published(model: nn.Module, state: dict[str, torch.Tensor], raw: dict
             f"{path}: does not fit this network (missing {len(missing)}, e.g. {missing[:3]}; "
             f"unexpected {len(unexpected)}, e.g. {unexpected[:3]}): is the preset's "
             "architecture the checkpoint's (MiT size, model.hrda.enabled)?")
-    _, theirs = convert_published(raw)
+    theirs = class_names(raw)
     if theirs is not None and classes is not None:
         try:
             state = reorder_classes(state, theirs, classes)
