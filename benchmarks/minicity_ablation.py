@@ -360,9 +360,16 @@ def _hrda_cells(seeds: tuple[int, ...], targets: tuple[str, ...]) -> dict[str, E
     return cells
 
 
+# Which features the alignment pulls on (issue 44, point 4), added 2026-12-06 after seed 1 of
+# step 1 (except ours + MIC(HRDA)) had run and before any of this: the detail crop's head map
+# instead of the context's, against ours + HRDA (context, the default), photo seeds 1-3.
+DETAIL = "hrda ours + HRDA (detail features)"
 PLAN["hrda"] = [("photo, seeds 1-3", _hrda_cells((1, 2, 3), ("photo",))),
                 ("dusk, seeds 1-3", _hrda_cells((1, 2, 3), ("dusk",))),
-                ("photo and dusk, seeds 4-5", _hrda_cells((4, 5), ("photo", "dusk")))]
+                ("photo and dusk, seeds 4-5", _hrda_cells((4, 5), ("photo", "dusk"))),
+                ("the alignment on the detail features, photo, seeds 1-3", {DETAIL: Experiment(
+                    "ours_dacs", ("model.hrda.align_features=detail",), "warmup-hrda",
+                    seeds=(1, 2, 3))})]
 
 
 def chosen_mit_lr() -> str | None:
@@ -428,7 +435,7 @@ TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str | tuple
        for suffix, prefix in (("", ""), ("-dusk", "dusk "))},
     # HRDA and MIC(HRDA), ours on each, against DAFormer's DACS at the matching resolution
     **{f"hrda{suffix}": (lambda seed, name, p=prefix: seed > 0 and name in {
-        f"{p}lowres DACS", *(f"{p}hrda {m}" for m in HRDA_METHODS)}, ("run",),
+        f"{p}lowres DACS", *(f"{p}hrda {m}" for m in HRDA_METHODS), p + DETAIL}, ("run",),
         (f"dacs [run={prefix}lowres DACS]", f"dacs [run={prefix}hrda HRDA]",
          f"mic [run={prefix}hrda MIC(HRDA)]"))
        for suffix, prefix in (("", ""), ("-dusk", "dusk "))},

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cosalign.config import ConfigError, load_config
 from cosalign.losses.segmentation import segmentation_loss
 from cosalign.models import HRDAOutput, HRDASegmenter, MiTSegmenter, build_model
-from cosalign.models.hrda import crop_box, window_boxes
+from cosalign.models.hrda import crop_box, cut, window_boxes
 
 
 def tiny(classes: int = 3, **kw) -> HRDASegmenter:
@@ -289,3 +289,110 @@ def test_pseudo_label_margins_are_cut_and_flipped_with_the_image(tmp_path):
         assert torch.equal(b["valid"], torch.from_numpy(want.copy()))
         flips.add(flip)
     assert flips == {True, False}
+
+
+def test_cut_takes_the_box_of_a_map_at_any_stride():
+    t = torch.arange(24.0).reshape(1, 1, 4, 6)  # a stride-2 map of an 8x12 input
+    assert torch.equal(cut(t, (2, 6, 4, 8), (8, 12)), torch.tensor([[[[8.0, 9.0],
+                                                                       [14.0, 15.0]]]]))
+    assert cut(t, None, (8, 12)) is t
+    with pytest.raises(ValueError, match="cannot cut box"):
+        cut(t, (1, 5, 4, 8), (8, 12))  # an odd corner on a stride-2 map
+
+
+def test_detail_features_come_from_the_detail_pass_and_name_their_box():
+    x = torch.randn(2, 3, 64, 96)
+    context, detail = tiny(), tiny(align_features="detail")
+    detail.load_state_dict(context.state_dict())
+    for net in (context, detail):
+        for m in net.modules():  # determinism: no dropout, no stochastic depth
+            if isinstance(m, torch.nn.Dropout2d) or type(m).__name__ == "DropPath":
+                m.eval()
+    np.random.seed(5)
+    out_c = context(x)
+    np.random.seed(5)
+    out_d = detail(x)
+    y1, y2, x1, x2 = out_d.box
+    assert out_c.feature_box is None and out_d.feature_box == out_d.box
+    _, want = detail.head(detail.backbone(x[..., y1:y2, x1:x2]))
+    assert out_d.features.shape == (2, 16, 8, 8)
+    assert torch.allclose(out_d.features, want, atol=1e-5)
+    assert torch.allclose(out_d.logits, out_c.logits, atol=1e-5)  # the same network otherwise
+    with torch.no_grad():  # the teacher's pass: the context's features, no box
+        assert detail(x).feature_box is None
+    with pytest.raises(ValueError, match="align_features"):
+        tiny(align_features="both")
+
+
+@pytest.mark.parametrize("on", ["clean", "mixed"])
+def test_the_alignment_cuts_pseudo_labels_and_the_mix_to_the_feature_box(on):
+    """Detail features (stride 4 of a 16x16 box at (8, 16) of a 32x48 input): each position
+    (i, j) reads the pseudo-label of the stride-4 cell (2 + i, 4 + j) and, for the mixed batch,
+    the mask at input pixel (8 + 4 i, 16 + 4 j); the loss is the cosine term of the kept
+    positions alone."""
+    from cosalign.losses import cosine_alignment
+    from cosalign.methods.alignment import CosineAlignment
+    from cosalign.methods.base import Step
+
+    cfg = load_config("minicity", ["loss.st=1", "loss.cos=1", "align.class_restrict=pseudo",
+                                   f"selftrain.align_on={on}", "selftrain.align_pseudo=teacher",
+                                   "align.reference=batch", "align.tau=0.0"])
+    g = torch.Generator().manual_seed(3)
+    k, c, box = 3, 5, (8, 24, 16, 32)
+    x_t = torch.randn(2, 3, 32, 48, generator=g)
+    f_t = torch.randn(2, c, 4, 4, generator=g)
+    teacher = torch.randn(2, k, 8, 12, generator=g)  # the teacher's logits at stride 4
+    mixed_target = torch.rand(2, 32, 48, generator=g) > 0.4
+    f_s = torch.randn(2, c, 4, 4, generator=g)
+    y_s = torch.randint(0, k, (2, 32, 48), generator=g)
+    y_f = torch.randint(0, k, (2, 16, 16), generator=g)
+    out = HRDAOutput(teacher, None, f_t, None, feature_box=box)
+    step = Step(it=0, model=None, x_s=None, y_s=y_s, x_t=x_t, f_s=f_s, pred_s=None,
+                pred_s_aux=None, dictionary=None, out_t=out, mixed=out,
+                mixed_target=mixed_target, teacher_logits=teacher, y_f=y_f)
+    got = CosineAlignment(cfg, k, torch.device("cpu")).losses(step)["cos"]
+
+    from cosalign.losses.dictionary import labelled_features
+    ref, ref_cls = labelled_features(f_s, y_f)  # the source's labels under its features
+    feats, pseudo = [], []
+    for n in range(2):
+        for i in range(4):
+            for j in range(4):
+                if on == "mixed" and not mixed_target[n, 8 + 4 * i, 16 + 4 * j]:
+                    continue
+                feats.append(f_t[n, :, i, j])
+                pseudo.append(int(teacher[n, :, 2 + i, 4 + j].argmax()))
+    want = cosine_alignment(torch.stack(feats, 1)[None, :, None], ref, tau=0.0,
+                            ref_cls=ref_cls, pseudo=torch.tensor(pseudo)[None, None])
+    assert float(got) == pytest.approx(float(want.loss), rel=1e-6)
+
+
+def test_one_step_fills_the_dictionary_from_the_detail_box():
+    """The source's detail features enter the dictionary with the labels cut to their box."""
+    from cosalign.engine.train import train_step
+    from cosalign.losses import ClassFeatureDictionary
+    from cosalign.methods import build_terms
+
+    cfg = load_config("minicity", ["model.arch=mit_b0", "loss.aux=0", "loss.cos=1",
+                                   "dictionary.enqueue=mean"])  # the terms only
+    net = tiny(align_features="detail")
+    seen = []
+    net.register_forward_hook(lambda m, i, o: seen.append(o))
+    g = torch.Generator().manual_seed(1)
+    blocks = torch.randint(0, 3, (2, 16, 16), generator=g)
+    y_s = blocks.repeat_interleave(4, 1).repeat_interleave(4, 2)  # (2, 64, 64), 4x4 blocks
+    batch_s = {"image": torch.randn(2, 3, 64, 64, generator=g), "label": y_s}
+    batch_t = {"image": torch.randn(2, 3, 64, 64, generator=g)}
+    d = ClassFeatureDictionary(3, 4, net.feature_dim, enqueue="mean")
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    np.random.seed(0)
+    train_step(net, batch_s, batch_t, 5, build_terms(cfg, 3, torch.device("cpu"), net), d, opt,
+               align_corners=False)
+    out_s = seen[0]
+    y1, y2, x1, x2 = out_s.feature_box
+    cells = blocks[:, y1 // 4:y2 // 4, x1 // 4:x2 // 4]  # the detail map's own grid
+    for cls in range(3):
+        want = [F.normalize(out_s.features[n].detach().permute(1, 2, 0)[cells[n] == cls]
+                            .mean(0), dim=0) for n in range(2) if (cells[n] == cls).any()]
+        have = d.entries[cls, :int(d.filled[cls])]
+        assert torch.allclose(have, torch.stack(want), atol=1e-5), cls

@@ -169,6 +169,9 @@ class HRDAConfig:
     overlap: bool = True  # detail windows at half-window stride (hr_slide_overlapping)
     # outer windows at test time, stride half a window (test_cfg mode slide); null: whole image
     window: tuple[int, int] | None = bounded((1024, 1024), 1)
+    # the head map the alignment and its dictionary see in training: the context's (HRDA's
+    # feature distance's scale) or the detail crop's (docs/METHOD.md section 15)
+    align_features: str = choice("context", ("context", "detail"))
 
 
 @dataclass

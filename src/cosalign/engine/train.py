@@ -61,6 +61,7 @@ from cosalign.losses import ClassFeatureDictionary
 from cosalign.losses.segmentation import SEG_LOSSES, segmentation_loss
 from cosalign.methods import Step, Term, build_terms
 from cosalign.models import build_model
+from cosalign.models.hrda import cut
 from cosalign.models.upsample import upsample_logits
 from cosalign.models.weights import load_weights
 from cosalign.outputs import WriteError, write_text
@@ -140,10 +141,12 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
     if out_s.aux is not None:
         pred_s_aux = upsample_logits(out_s.aux, size_s, align_corners)
         logged["seg_aux"] = seg_loss(pred_s_aux, y_s)
+    box = getattr(out_s, "feature_box", None)  # HRDA's detail features: their labels cut
     step = Step(it=it, model=model, x_s=x_s, y_s=y_s, x_t=x_t, f_s=out_s.features.detach(),
                 pred_s=pred_s, pred_s_aux=pred_s_aux, dictionary=dictionary, autocast=autocast,
                 diagnose=diagnose, out_s=out_s, align_corners=align_corners,
-                valid_t=batch_t["valid"].to(device) if "valid" in batch_t else None)
+                valid_t=batch_t["valid"].to(device) if "valid" in batch_t else None,
+                y_f=None if box is None else cut(y_s, box, tuple(x_s.shape[-2:])))
     active = [t for t in terms if t.active(it)]
     source_terms, weights = {}, {}
     for term in active:  # terms on the source pass (the feature distance)
@@ -179,7 +182,7 @@ def train_step(model, batch_s: dict, batch_t: dict, it: int, terms: list[Term],
 
     # 4. the dictionary takes this step's source features (gathered from every rank); every
     # rank's BatchNorm statistics become rank 0's
-    dictionary.update(step.f_s, y_s, distributed.all_gather_varlen)
+    dictionary.update(step.f_s, step.f_labels, distributed.all_gather_varlen)
     distributed.broadcast_buffers(model)
     return {**{k: v.detach() for k, v in logged.items()}, **step.stats}
 

@@ -11,6 +11,7 @@ from cosalign.config import Config
 from cosalign.losses import cosine_alignment, labelled_features
 from cosalign.losses.diagnostics import feature_stats
 from cosalign.methods.base import Step, Term
+from cosalign.models.hrda import cut
 
 MATMUL_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}  # align.matmul
 
@@ -44,19 +45,22 @@ class CosineAlignment(Term):
         if c.reference == "dictionary":
             ref, ref_cls = step.dictionary.reference()
         else:
-            ref, ref_cls = labelled_features(step.f_s, step.y_s)
+            ref, ref_cls = labelled_features(step.f_s, step.f_labels)
         out_t = step.mixed if self.on == "mixed" else step.out_t
         features = out_t.features
+        # HRDA's detail features cover a box of the input: the maps below are cut to it
+        box, size = getattr(out_t, "feature_box", None), tuple(step.x_t.shape[-2:])
         pseudo = None
         if c.class_restrict == "pseudo":
             pseudo = (step.teacher_logits if self.teacher_pseudo else out_t.logits).argmax(1)
+            pseudo = cut(pseudo, box, size)
         if pseudo is not None and pseudo.shape[-2:] != features.shape[-2:]:
             # HRDA: the fused logits at stride 4, the context's features at stride 8
             pseudo = F.interpolate(pseudo[:, None].float(), features.shape[-2:],
                                    mode="nearest")[:, 0].long()
         if self.on == "mixed":  # only the target-origin positions of the mixed batch
-            keep = F.interpolate(step.mixed_target[:, None].float(), features.shape[-2:],
-                                 mode="nearest")[:, 0].bool()
+            keep = F.interpolate(cut(step.mixed_target, box, size)[:, None].float(),
+                                 features.shape[-2:], mode="nearest")[:, 0].bool()
             features = features.permute(0, 2, 3, 1)[keep].T[None, :, None]  # (1, C, 1, n)
             pseudo = None if pseudo is None else pseudo[keep][None, None]
         out = cosine_alignment(features, ref, tau=c.tau, match=c.match,

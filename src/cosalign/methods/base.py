@@ -34,7 +34,9 @@ class Step:
     batch), ``mixed_target`` (B, H, W) True at target-origin pixels, ``teacher_logits``
     (B, K, h, w), and ``pseudo``: the teacher's (B, H, W) pseudo-labels of the clean target
     batch and their (B, H, W) weights (MIC learns from them too); ``valid_t`` (B, H, W) bool,
-    where the target's pseudo-labels may weigh (data.target.margins; None: everywhere)."""
+    where the target's pseudo-labels may weigh (data.target.margins; None: everywhere);
+    ``y_f`` the labels of the area ``f_s`` covers (HRDA's detail box, models/hrda.py ``cut``;
+    None: all of ``y_s``), read through :attr:`f_labels`."""
 
     it: int
     model: Any
@@ -55,8 +57,14 @@ class Step:
     teacher_logits: Tensor | None = None
     pseudo: tuple[Tensor, Tensor] | None = None
     valid_t: Tensor | None = None
+    y_f: Tensor | None = None
     stats: dict = field(default_factory=dict)
     _pred_t: dict = field(default_factory=dict)
+
+    @property
+    def f_labels(self) -> Tensor:
+        """(B, H_f, W_f) the source labels under ``f_s``."""
+        return self.y_s if self.y_f is None else self.y_f
 
     def pred_t(self, head: str = "logits") -> Tensor:
         """(B, K, H, W) target logits of ``head`` ("logits" or "aux") at input resolution, fp32,

@@ -20,7 +20,8 @@ def build_model(cfg, num_classes: int) -> nn.Module:
         if not h.enabled:
             return model
         return HRDASegmenter(model, tuple(h.detail_crop), h.detail_weight, h.classwise,
-                             h.attention_embed, h.overlap, h.window and tuple(h.window))
+                             h.attention_embed, h.overlap, h.window and tuple(h.window),
+                             align_features=h.align_features)
     return DeepLabV2(num_classes=num_classes, depth=cfg.depth, width=cfg.width,
                      rates=tuple(cfg.rates), feature_layer=cfg.feature_layer, bn=cfg.bn)
 

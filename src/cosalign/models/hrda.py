@@ -29,9 +29,11 @@ window's size; their logits are averaged (mmseg's ``slide`` test mode, which HRD
 
 The loss (losses/segmentation.py ``segmentation_loss``) is
 (1 - lambda_d) CE(fused) + lambda_d CE(y_d, labels[box]), lambda_d = ``detail_weight``.
-What the alignment and the feature distance see: the context pass (``features``: its head's
-fused map, (B, E, H/8, W/8); ``encoder``: its last stage), as HRDA's feature distance does
-(``feature_scale=0.5``); docs/METHOD.md section 15 says why.
+What the feature distance sees: the context's last encoder stage (``encoder``), as HRDA's
+(``feature_scale=0.5``). What the alignment sees (``features``), by ``align_features``: the
+context's head map (B, E, H/8, W/8), the default, or in training the detail crop's head map
+(B, E, h_d/4, w_d/4), which covers ``feature_box`` of the input (:func:`cut`);
+docs/METHOD.md section 15 says why and what each measured.
 """
 
 from __future__ import annotations
@@ -52,11 +54,28 @@ Box = tuple[int, int, int, int]  # (y1, y2, x1, x2) in input pixels
 class HRDAOutput(NamedTuple):
     logits: Tensor  # (B, K, H / 4, W / 4) fused; (B, K, H, W) when slid over outer windows
     aux: None
-    features: Tensor | None  # (B, E, H / 8, W / 8) the context's head map; None when slid
+    features: Tensor | None  # (B, E, H / 8, W / 8) the context's head map (or the detail
+    # crop's, (B, E, h_d / 4, w_d / 4), with align_features="detail"); None when slid
     encoder: Tensor | None  # (B, C_4, H / 64, W / 64) the context's last stage; None when slid
     detail: Tensor | None = None  # (B, K, h_d / 4, w_d / 4) training only
     box: Box | None = None  # where ``detail`` lies in the input, training only
     detail_weight: float = 0.0  # lambda_d of the loss
+    feature_box: Box | None = None  # where ``features`` lies in the input; None: all of it
+
+
+def cut(t: Tensor, box: Box | None, size: tuple[int, int]) -> Tensor:
+    """The part of ``t`` (..., h, w), a map over an input of ``size`` (H, W), that ``box`` (in
+    input pixels) covers: t[..., y1 / f : y2 / f, x1 / f : x2 / f] with f = H / h (= W / w, a
+    whole number dividing the box's corners); t itself when box is None."""
+    if box is None:
+        return t
+    h, w = t.shape[-2:]
+    f = size[0] // h
+    if f * h != size[0] or f * w != size[1] or any(c % f for c in box):
+        raise ValueError(f"cannot cut box {box} of a {size[1]}x{size[0]} input from a "
+                         f"{w}x{h} map")
+    y1, y2, x1, x2 = (c // f for c in box)
+    return t[..., y1:y2, x1:x2]
 
 
 def crop_box(height: int, width: int, crop: tuple[int, int], divisible: int) -> Box:
@@ -117,6 +136,8 @@ class HRDASegmenter(nn.Module):
         overlap: detail windows at stride half a window at inference (HRDA), else a whole one.
         window: (width, height) of the outer windows at test time (HRDA 1024 x 1024), or None.
         scale: the context's scale (HRDA 0.5); divisible: the boxes' corner grid (HRDA 8).
+        align_features: "context" (HRDA's feature distance's scale) or "detail": which head
+            map training passes return as ``features`` (the alignment's and the dictionary's).
     """
 
     stride = 4  # the head's output stride
@@ -124,7 +145,8 @@ class HRDASegmenter(nn.Module):
     def __init__(self, base: MiTSegmenter, detail_crop: tuple[int, int] = (512, 512),
                  detail_weight: float = 0.1, classwise: bool = True, attention_embed: int = 256,
                  overlap: bool = True, window: tuple[int, int] | None = (1024, 1024),
-                 scale: float = 0.5, divisible: int = 8) -> None:
+                 scale: float = 0.5, divisible: int = 8, align_features: str = "context"
+                 ) -> None:
         super().__init__()
         self.backbone, self.head = base.backbone, base.head
         self.attention = SegFormerHead(base.backbone.channels,
@@ -134,6 +156,9 @@ class HRDASegmenter(nn.Module):
         self.window = None if window is None else (window[1], window[0])
         self.detail_weight, self.overlap = detail_weight, overlap
         self.scale, self.divisible = scale, divisible
+        if align_features not in ("context", "detail"):
+            raise ValueError(f"align_features: expected context or detail, got {align_features}")
+        self.align_features = align_features
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
         """The segmenter's groups (:meth:`MiTSegmenter.param_groups`), the attention head in
@@ -201,9 +226,11 @@ class HRDASegmenter(nn.Module):
             box = crop_box(*x.shape[-2:], self.crop, self.divisible)
             y1, y2, x1, x2 = box
             lr, att, features, encoder = self.context(x)
-            hr = self._detail(x[..., y1:y2, x1:x2])
-            return HRDAOutput(self.fuse(lr, att, hr, box), None, features, encoder, hr, box,
-                              self.detail_weight)
+            hr, hr_features = self.head(self.backbone(x[..., y1:y2, x1:x2]))
+            detail = self.align_features == "detail"
+            return HRDAOutput(self.fuse(lr, att, hr, box), None,
+                              hr_features if detail else features, encoder, hr, box,
+                              self.detail_weight, box if detail else None)
         h, w = x.shape[-2:]
         if self.window is None or (h <= self.window[0] and w <= self.window[1]):
             return self.infer(x)
