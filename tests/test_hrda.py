@@ -63,20 +63,22 @@ def up2(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def naive_fuse(lr, att, hr, box):
-    """HRDA's fusion, pixel by pixel: the attention zeroed outside box / 8, the detail logits
-    pasted at box / 4 into zeros."""
+def naive_fuse(lr, att, hr, box, o=4):
+    """HRDA's fusion, pixel by pixel, at output stride o: the attention zeroed outside
+    int(box / 2o) (HRDA's ``scale_box`` truncates), the detail logits pasted at box / o into
+    zeros."""
     a = att.clone()
     if box is not None:
         y1, y2, x1, x2 = box
         for i in range(a.shape[-2]):
             for j in range(a.shape[-1]):
-                if not (y1 // 8 <= i < y2 // 8 and x1 // 8 <= j < x2 // 8):
+                if not (int(y1 / (2 * o)) <= i < int(y2 / (2 * o))
+                        and int(x1 / (2 * o)) <= j < int(x2 / (2 * o))):
                     a[:, :, i, j] = 0
         full = torch.zeros(*hr.shape[:2], 2 * lr.shape[-2], 2 * lr.shape[-1], dtype=hr.dtype)
         for i in range(hr.shape[-2]):
             for j in range(hr.shape[-1]):
-                full[:, :, y1 // 4 + i, x1 // 4 + j] = hr[:, :, i, j]
+                full[:, :, y1 // o + i, x1 // o + j] = hr[:, :, i, j]
         hr = full
     return up2((1 - a) * lr) + up2(a) * hr
 
@@ -215,8 +217,8 @@ def test_attention_trains_with_the_head_and_the_config_builds_it():
     with pytest.raises(ConfigError, match="model.hrda.detail_crop"):
         load_config("minicity", ["model.arch=mit_b0", "loss.aux=0", "model.hrda.enabled=true",
                                  "model.hrda.detail_crop=4000,48"])
-    with pytest.raises(ConfigError, match="model.hrda.enabled"):
-        load_config("minicity", ["model.hrda.enabled=true"])
+    with pytest.raises(ConfigError, match="loss.aux: model.hrda.enabled"):
+        load_config("minicity", ["model.hrda.enabled=true"])  # DeepLab-v2's aux head
 
 
 def test_ours_on_mic_hrda_trains_resumes_and_evaluates(tmp_path, capsys):
@@ -396,3 +398,76 @@ def test_one_step_fills_the_dictionary_from_the_detail_box():
                             .mean(0), dim=0) for n in range(2) if (cells[n] == cls).any()]
         have = d.entries[cls, :int(d.filled[cls])]
         assert torch.allclose(have, torch.stack(want), atol=1e-5), cls
+
+
+def tiny_deeplab(classes: int = 3, **kw) -> HRDASegmenter:
+    from cosalign.models import DeepLabV2
+
+    torch.manual_seed(0)
+    kw = {"detail_crop": (32, 32), **kw}
+    return HRDASegmenter(DeepLabV2(classes, 18, 0.125, rates=(6, 12), bn="train"), **kw)
+
+
+def test_deeplab_fusion_truncates_the_box_on_the_context_grid_as_hrda():
+    """DeepLab-v2 at output stride 8: the context's cells are 16 pixels, the box's corners
+    multiples of 8 (HRDA's crop_coord_divisible), so the mask's bounds are truncated."""
+    g = torch.Generator().manual_seed(4)
+    net = tiny_deeplab()
+    box = (8, 40, 24, 56)  # a 32 x 32 box of a 48 x 64 input
+    lr = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64)  # stride 16
+    att = torch.rand(2, 3, 3, 4, generator=g, dtype=torch.float64)
+    hr = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)  # stride 8
+    assert torch.allclose(net.fuse(lr, att, hr, box), naive_fuse(lr, att, hr, box, o=8),
+                          atol=1e-12)
+
+
+def test_deeplab_in_hrda_cuts_ceil_modes_extra_cell_and_fuses_its_two_passes():
+    net = tiny_deeplab(align_features="detail").train()
+    x = torch.randn(2, 3, 64, 96)
+    np.random.seed(3)
+    out = net(x)
+    np.random.seed(3)
+    box = crop_box(64, 96, (32, 32), 8)
+    y1, y2, x1, x2 = box
+    assert out.logits.shape == (2, 3, 8, 12) and out.detail.shape == (2, 3, 4, 4)
+    # each pass alone: ceil_mode gives 64 / 16 + 1 rows at the context; the first 4 are kept
+    c3, _, c4 = net.backbone(F.avg_pool2d(x, 2))
+    assert c4.shape[-2:] == (5, 7)
+    lr = net.head(c4[..., :4, :6])
+    att = torch.sigmoid(net.attention(c4[..., :4, :6]))
+    d4 = net.backbone(x[..., y1:y2, x1:x2])[2][..., :4, :4]
+    assert torch.allclose(out.detail, net.head(d4), atol=1e-5)
+    assert torch.allclose(out.logits, naive_fuse(lr, att, net.head(d4), box, o=8), atol=1e-5)
+    assert torch.allclose(out.features, d4, atol=1e-5)  # layer4 of the detail crop
+    assert out.encoder.shape == (2, c4.shape[1], 4, 6)
+    # the attention head: an ASPP classifier with the head's rates, trained with the heads
+    groups = net.param_groups(0.01)
+    assert {id(p) for p in net.attention.parameters()} <= {id(p) for p in groups[1]["params"]}
+    assert [b.dilation for b in net.attention.branches] == [(6, 6), (12, 12)]
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    with torch.no_grad():  # the teacher's pass: detail windows of 32 at stride 16 over x
+        slid = net.eval()(x).logits
+    assert slid.shape == (2, 3, 8, 12)
+
+
+def test_deeplab_hrda_trains_and_resumes_to_the_straight_run(tiny_config, tmp_path):
+    """DACS on DeepLab-v2 in HRDA's wrapper (64x32 crops, 32x16 detail crops): a run stopped
+    and resumed ends with the straight run's weights (numpy's box draws are in the
+    checkpoint)."""
+    from cosalign.engine.checkpoint import list_checkpoints, load_checkpoint
+    from cosalign.engine.train import train
+    from cosalign.methods import apply_method
+
+    cfg = apply_method(tiny_config, "ours_dacs")
+    cfg.loss.aux, cfg.train.deterministic = 0.0, True
+    cfg.model.hrda.enabled, cfg.model.hrda.window = True, None
+    cfg.model.hrda.detail_crop = (32, 16)
+    train(cfg, tmp_path / "straight", progress=False)
+    assert train(cfg, tmp_path / "split", progress=False, stop_at=3) is None
+    train(cfg, tmp_path / "split", progress=False)
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / d)[-1])["model"]
+            for d in ("straight", "split"))
+    assert any(k.startswith("attention.") for k in a) and not any("aux_head" in k for k in a)
+    atol = 1e-6 if cfg.train.device == "cpu" else 1e-5
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0)

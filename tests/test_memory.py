@@ -53,18 +53,19 @@ def real_step_bytes(cfg, steps: int = 2) -> int:
 
 
 @pytest.mark.parametrize("network,method", [("deeplab", "dacs"), ("deeplab", "ours"),
-                                            ("mit", "mic"), ("hrda", "mic")])
+                                            ("mit", "mic"), ("hrda", "mic"),
+                                            ("hrda-deeplab", "dacs")])
 def test_the_estimate_is_near_what_a_real_step_allocates(tiny_config, network, method):
     cfg = apply_method(copy.deepcopy(tiny_config), method)
     cfg.data.source.crop = cfg.data.target.crop = (64, 64)
     cfg.data.source.size, cfg.data.target.size = (96, 64), (96, 64)
     cfg.selftrain.mask_patch = 16
-    if network != "deeplab":
+    if network not in ("deeplab", "hrda-deeplab"):
         cfg.model.arch, cfg.loss.aux, cfg.model.embed = "mit_b0", 0.0, 32
         cfg.model.align_corners = False
         cfg.optim.name = "adamw"
-    if network == "hrda":
-        cfg.model.hrda.enabled = True
+    if network.startswith("hrda"):
+        cfg.model.hrda.enabled, cfg.loss.aux = True, 0.0
         cfg.model.hrda.detail_crop, cfg.model.hrda.window = (32, 32), (64, 64)
         cfg.model.hrda.attention_embed = 16
     real = real_step_bytes(cfg)

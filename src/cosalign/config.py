@@ -462,16 +462,15 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"loss.mic: the masked consistency learns from self-training's "
                           f"pseudo-labels; it needs loss.st > 0 (--method mic), got "
                           f"loss.st={cfg.loss.st}")
-    if cfg.model.arch != "deeplabv2":  # no auxiliary head
+    h = cfg.model.hrda
+    if cfg.model.arch != "deeplabv2" or h.enabled:  # no auxiliary head
+        network = (f"model.arch {cfg.model.arch}" if cfg.model.arch != "deeplabv2" else
+                   "model.hrda.enabled (HRDA fuses DeepLab-v2's main head only)")
         for key in ("aux", "ent_aux", "adv_aux"):
             if getattr(cfg.loss, key) > 0:
-                raise ConfigError(f"loss.{key}: model.arch {cfg.model.arch} has no auxiliary "
-                                  f"head; expected 0, got {getattr(cfg.loss, key)}")
-    h = cfg.model.hrda
+                raise ConfigError(f"loss.{key}: {network} has no auxiliary head; expected 0, "
+                                  f"got {getattr(cfg.loss, key)}")
     if h.enabled:
-        if cfg.model.arch == "deeplabv2":
-            raise ConfigError("model.hrda.enabled: HRDA is built for the MiT networks; expected "
-                              "model.arch mit_b0 ... mit_b5, got deeplabv2")
         for name in ("source", "target"):
             crop = getattr(cfg.data, name).crop or getattr(cfg.data, name).size
             if crop and any(c < d for c, d in zip(crop, h.detail_crop)):

@@ -1,27 +1,36 @@
 """HRDA's multi-resolution network (Hoyer et al., "HRDA: Context-Aware High-Resolution Domain-
-Adaptive Semantic Segmentation", ECCV 2022), as a wrapper around a MiT segmenter: the encoder
-and head of :class:`~cosalign.models.transformer.MiTSegmenter`, used at two scales, and a
-second, small head that learns where to trust which scale.
+Adaptive Semantic Segmentation", ECCV 2022), as a wrapper around a segmenter: the encoder and
+head of a :class:`~cosalign.models.transformer.MiTSegmenter` (DAFormer's head, output stride
+o = 4) or of a :class:`~cosalign.models.deeplab.DeepLabV2` (its ASPP classifier, o = 8), used
+at two scales, and a second head of the same kind that learns where to trust which scale.
 
 Shapes for an input (the *outer* crop) x of (B, 3, H, W), context scale s = 0.5, output
-stride 4 and a detail crop of (h_d, w_d) pixels:
+stride o and a detail crop of (h_d, w_d) pixels:
 
 - context: x_c = bilinear resize of x by s (align_corners False; at s = 0.5 the 2 x 2 mean),
-  (B, 3, H/2, W/2); its logits y_c (B, K, H/8, W/8) and attention
-  a = sigmoid(attention head(encoder(x_c))) (B, K, H/8, W/8) (K = 1 when not class-wise);
+  (B, 3, H/2, W/2); its logits y_c (B, K, H/2o, W/2o) and attention
+  a = sigmoid(attention head(encoder(x_c))) (B, K, H/2o, W/2o) (K = 1 when not class-wise);
 - detail, training: one box (y1, y2, x1, x2) of (h_d, w_d) pixels for the whole batch, new on
-  every call, its corner a multiple of 8 (= stride 4 / s: the box falls on whole cells of the
-  context's logits), drawn uniformly: y1 = 8 * randint(0, (H - h_d + 1) // 8); the detail logits
-  y_d = head(encoder(x[box])) (B, K, h_d/4, w_d/4);
+  every call, its corner a multiple of 8 (HRDA's ``crop_coord_divisible`` for both networks;
+  = o / s for the MiT: the box falls on whole cells of the context's logits), drawn
+  uniformly: y1 = 8 * randint(0, (H - h_d + 1) // 8); the detail logits
+  y_d = head(encoder(x[box])) (B, K, h_d/o, w_d/o);
 - detail, inference: windows of (h_d, w_d) over all of x, stride half a window (or a whole
   one), the last window flush with the border, run as one batch; logits averaged where windows
-  overlap, (B, K, H/4, W/4);
-- fusion (HRDA's ``HRDAHead.forward``): in training a is set to 0 outside the box / 8, then
+  overlap, (B, K, H/o, W/o);
+- fusion (HRDA's ``HRDAHead.forward``): in training a is set to 0 outside
+  floor(box / (o / s)), then
 
       fused = up2((1 - a) * y_c) + up2(a) * insert(y_d),
 
-  up2 a bilinear x2 (align_corners False), insert pasting y_d at box / 4 into zeros of
-  (B, K, H/4, W/4); outside the box the output is the context's alone.
+  up2 a bilinear x2 (align_corners False), insert pasting y_d at box / o into zeros of
+  (B, K, H/o, W/o); outside the box the output is the context's alone.
+
+DeepLab-v2 in HRDA (HRDA's ``HRDAHead`` with ``single_scale_head='DLV2Head'``): the attention
+head is a second ASPP classifier with the head's rates, on the last stage; the auxiliary head is
+not used (``loss.aux`` must be 0). This project's ResNet pools with ``ceil_mode`` (ADVENT's),
+which gives H/8 + 1 cells; here its maps are cut to the first H/8 x W/8 cells, so that the
+fusion's grid is exact (HRDA's ResNetV1c gives H/8).
 
 At test time (:meth:`HRDASegmenter.forward` without a box) an input larger than ``window`` is
 covered by outer windows (stride half a window), each fused as above and resized to the
@@ -30,9 +39,10 @@ window's size; their logits are averaged (mmseg's ``slide`` test mode, which HRD
 The loss (losses/segmentation.py ``segmentation_loss``) is
 (1 - lambda_d) CE(fused) + lambda_d CE(y_d, labels[box]), lambda_d = ``detail_weight``.
 What the feature distance sees: the context's last encoder stage (``encoder``), as HRDA's
-(``feature_scale=0.5``). What the alignment sees (``features``), by ``align_features``: the
-context's head map (B, E, H/8, W/8), the default, or in training the detail crop's head map
-(B, E, h_d/4, w_d/4), which covers ``feature_box`` of the input (:func:`cut`);
+(``feature_scale=0.5``). What the alignment sees (``features``: the MiT head's fused map, or
+DeepLab-v2's ``feature_layer``), by ``align_features``: the context's (B, E, H/2o, W/2o), the
+default, or in training the detail crop's (B, E, h_d/o, w_d/o), which covers ``feature_box`` of
+the input (:func:`cut`);
 docs/METHOD.md section 15 says why and what each measured.
 """
 
@@ -45,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cosalign.models.deeplab import ASPPClassifier, DeepLabV2
 from cosalign.models.fusion_heads import SegFormerHead
 from cosalign.models.transformer import MiTSegmenter
 
@@ -52,12 +63,12 @@ Box = tuple[int, int, int, int]  # (y1, y2, x1, x2) in input pixels
 
 
 class HRDAOutput(NamedTuple):
-    logits: Tensor  # (B, K, H / 4, W / 4) fused; (B, K, H, W) when slid over outer windows
+    logits: Tensor  # (B, K, H / o, W / o) fused; (B, K, H, W) when slid over outer windows
     aux: None
-    features: Tensor | None  # (B, E, H / 8, W / 8) the context's head map (or the detail
-    # crop's, (B, E, h_d / 4, w_d / 4), with align_features="detail"); None when slid
-    encoder: Tensor | None  # (B, C_4, H / 64, W / 64) the context's last stage; None when slid
-    detail: Tensor | None = None  # (B, K, h_d / 4, w_d / 4) training only
+    features: Tensor | None  # (B, E, H / 2o, W / 2o) the context's (or the detail crop's,
+    # (B, E, h_d / o, w_d / o), with align_features="detail"); None when slid
+    encoder: Tensor | None  # (B, C_4, ., .) the context's last stage; None when slid
+    detail: Tensor | None = None  # (B, K, h_d / o, w_d / o) training only
     box: Box | None = None  # where ``detail`` lies in the input, training only
     detail_weight: float = 0.0  # lambda_d of the loss
     feature_box: Box | None = None  # where ``features`` lies in the input; None: all of it
@@ -124,15 +135,16 @@ def average_windows(logits: Tensor, boxes: list[Box], size: tuple[int, int], sca
 
 
 class HRDASegmenter(nn.Module):
-    """A MiT segmenter at two scales with a learned scale attention (module docstring).
+    """A segmenter at two scales with a learned scale attention (module docstring).
 
     Args:
-        base: the segmenter whose ``backbone`` and ``head`` serve both scales.
+        base: the MiT or DeepLab-v2 segmenter whose ``backbone`` and ``head`` serve both
+            scales (DeepLab-v2's ``aux_head`` is left out).
         detail_crop: (width, height) of the detail crop in input pixels (HRDA: 512 x 512 of a
             1024 x 1024 outer crop).
         detail_weight: lambda_d, the detail logits' share of the loss (HRDA 0.1).
         classwise: one attention map per class (HRDA) or one for all.
-        attention_embed: E of the attention head (HRDA 256; a SegFormer head).
+        attention_embed: E of the MiT's attention head (HRDA 256; a SegFormer head).
         overlap: detail windows at stride half a window at inference (HRDA), else a whole one.
         window: (width, height) of the outer windows at test time (HRDA 1024 x 1024), or None.
         scale: the context's scale (HRDA 0.5); divisible: the boxes' corner grid (HRDA 8).
@@ -140,17 +152,22 @@ class HRDASegmenter(nn.Module):
             map training passes return as ``features`` (the alignment's and the dictionary's).
     """
 
-    stride = 4  # the head's output stride
-
-    def __init__(self, base: MiTSegmenter, detail_crop: tuple[int, int] = (512, 512),
+    def __init__(self, base: MiTSegmenter | DeepLabV2, detail_crop: tuple[int, int] = (512, 512),
                  detail_weight: float = 0.1, classwise: bool = True, attention_embed: int = 256,
                  overlap: bool = True, window: tuple[int, int] | None = (1024, 1024),
                  scale: float = 0.5, divisible: int = 8, align_features: str = "context"
                  ) -> None:
         super().__init__()
         self.backbone, self.head = base.backbone, base.head
-        self.attention = SegFormerHead(base.backbone.channels,
-                                       base.num_classes if classwise else 1, attention_embed)
+        k = base.num_classes if classwise else 1
+        self.deeplab = isinstance(base, DeepLabV2)
+        if self.deeplab:  # HRDA's DLV2Head attention: the head's ASPP, k outputs
+            self.attention = ASPPClassifier(base.backbone.channels[-1], k, base.rates)
+            self.feature_index = ("layer3", "layer4_pre", "layer4").index(base.feature_layer)
+            self.stride, self.bn = 8, base.bn
+        else:
+            self.attention = SegFormerHead(base.backbone.channels, k, attention_embed)
+            self.stride, self.bn = 4, "train"
         self.num_classes, self.feature_dim = base.num_classes, base.feature_dim
         self.crop = (detail_crop[1], detail_crop[0])  # (h, w) from here on
         self.window = None if window is None else (window[1], window[0])
@@ -161,30 +178,59 @@ class HRDASegmenter(nn.Module):
         self.align_features = align_features
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
-        """The segmenter's groups (:meth:`MiTSegmenter.param_groups`), the attention head in
-        the head's (HRDA's ``decode_head`` holds both heads)."""
-        groups = MiTSegmenter.param_groups(self, lr, head_lr_mult)
-        groups[-1]["params"] += list(self.attention.parameters())
-        return groups
+        """The segmenter's groups, the attention head in the head's (HRDA's ``decode_head``
+        holds both heads): the MiT's (:meth:`MiTSegmenter.param_groups`), or DeepLab-v2's
+        trainable backbone at ``lr`` and both heads at ``head_lr_mult * lr``."""
+        if not self.deeplab:
+            groups = MiTSegmenter.param_groups(self, lr, head_lr_mult)
+            groups[-1]["params"] += list(self.attention.parameters())
+            return groups
+        return [{"params": [p for p in self.backbone.parameters() if p.requires_grad],
+                 "lr": lr, "lr_mult": 1.0},
+                {"params": [*self.head.parameters(), *self.attention.parameters()],
+                 "lr": lr * head_lr_mult, "lr_mult": head_lr_mult}]
+
+    def train(self, mode: bool = True) -> HRDASegmenter:
+        super().train(mode)
+        if self.bn == "frozen":  # DeepLab-v2's bn: frozen (DeepLabV2.train)
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The encoder's maps; DeepLab-v2's cut to H/8 x W/8 cells (the module docstring)."""
+        maps = self.backbone(x)
+        if not self.deeplab:
+            return maps
+        h, w = x.shape[-2] // self.stride, x.shape[-1] // self.stride
+        return [m[..., :h, :w] for m in maps]
+
+    def decode(self, maps: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(logits (B, K, h, w), the alignment's features) of the encoder's maps."""
+        if not self.deeplab:
+            return self.head(maps)
+        return self.head(maps[-1]), maps[self.feature_index]
 
     def context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The context pass: (logits (B, K, H/8, W/8), attention (B, K or 1, H/8, W/8) after
-        the sigmoid, head features (B, E, H/8, W/8), encoder's last stage)."""
+        """The context pass: (logits (B, K, H/2o, W/2o), attention (B, K or 1, H/2o, W/2o)
+        after the sigmoid, features, the encoder's last stage)."""
         x_c = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        maps = self.backbone(x_c)
-        logits, features = self.head(maps)
-        return logits, torch.sigmoid(self.attention(maps)[0]), features, maps[-1]
+        maps = self.encode(x_c)
+        logits, features = self.decode(maps)
+        att = self.attention(maps[-1]) if self.deeplab else self.attention(maps)[0]
+        return logits, torch.sigmoid(att), features, maps[-1]
 
     def context_encoder(self, x: Tensor) -> Tensor:
         """The context's last encoder stage alone (the feature distance's frozen network)."""
         x_c = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.backbone(x_c)[-1]
+        return self.encode(x_c)[-1]
 
     def _detail(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))[0]
+        return self.decode(self.encode(x))[0]
 
     def slide_detail(self, x: Tensor) -> Tensor:
-        """(B, K, H/4, W/4): detail windows over all of x in one batch, logits averaged."""
+        """(B, K, H/o, W/o): detail windows over all of x in one batch, logits averaged."""
         h, w = x.shape[-2:]
         step = tuple(c // 2 for c in self.crop) if self.overlap else self.crop
         boxes = window_boxes(h, w, self.crop, step)
@@ -226,7 +272,7 @@ class HRDASegmenter(nn.Module):
             box = crop_box(*x.shape[-2:], self.crop, self.divisible)
             y1, y2, x1, x2 = box
             lr, att, features, encoder = self.context(x)
-            hr, hr_features = self.head(self.backbone(x[..., y1:y2, x1:x2]))
+            hr, hr_features = self.decode(self.encode(x[..., y1:y2, x1:x2]))
             detail = self.align_features == "detail"
             return HRDAOutput(self.fuse(lr, att, hr, box), None,
                               hr_features if detail else features, encoder, hr, box,
