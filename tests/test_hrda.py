@@ -21,6 +21,13 @@ def tiny(classes: int = 3, **kw) -> HRDASegmenter:
     return HRDASegmenter(MiTSegmenter(classes, "b0", "daformer", 16), attention_embed=8, **kw)
 
 
+def deterministic(net: HRDASegmenter) -> None:
+    """No dropout, no stochastic depth: two training passes compute the same."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout2d) or type(m).__name__ == "DropPath":
+            m.eval()
+
+
 def test_box_corners_on_the_grid_of_8_and_every_one_drawn():
     # HRDA's get_crop_bbox at 1024 / 512: offset = 8 * randint(0, 513 // 8) -> 0, 8, ..., 504
     np.random.seed(0)
@@ -106,9 +113,7 @@ def test_context_is_the_2x2_mean_and_the_training_pass_fuses_one_box():
     half = F.avg_pool2d(x, 2)  # HRDA's x0.5 bilinear resize, align_corners False
     assert torch.allclose(F.interpolate(x, scale_factor=0.5, mode="bilinear",
                                         align_corners=False), half, atol=1e-6)
-    for m in net.modules():  # determinism: no dropout, no stochastic depth
-        if isinstance(m, torch.nn.Dropout2d) or type(m).__name__ == "DropPath":
-            m.eval()
+    deterministic(net)
     np.random.seed(5)
     out = net(x)
     np.random.seed(5)
@@ -306,10 +311,8 @@ def test_detail_features_come_from_the_detail_pass_and_name_their_box():
     x = torch.randn(2, 3, 64, 96)
     context, detail = tiny(), tiny(align_features="detail")
     detail.load_state_dict(context.state_dict())
-    for net in (context, detail):
-        for m in net.modules():  # determinism: no dropout, no stochastic depth
-            if isinstance(m, torch.nn.Dropout2d) or type(m).__name__ == "DropPath":
-                m.eval()
+    deterministic(context)
+    deterministic(detail)
     np.random.seed(5)
     out_c = context(x)
     np.random.seed(5)
