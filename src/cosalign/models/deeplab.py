@@ -75,7 +75,7 @@ class DeepLabV2(nn.Module):
         c3, c4 = self.backbone.channels
         self.head = ASPPClassifier(c4, num_classes, tuple(rates))
         self.aux_head = ASPPClassifier(c3, num_classes, tuple(rates))
-        self.feature_layer, self.bn, self.rates = feature_layer, bn, tuple(rates)
+        self.feature_layer, self.bn = feature_layer, bn
         self.num_classes = num_classes
         self.feature_dim = c3 if feature_layer == "layer3" else c4
         if bn != "train":

@@ -162,7 +162,8 @@ class HRDASegmenter(nn.Module):
         k = base.num_classes if classwise else 1
         self.deeplab = isinstance(base, DeepLabV2)
         if self.deeplab:  # HRDA's DLV2Head attention: the head's ASPP, k outputs
-            self.attention = ASPPClassifier(base.backbone.channels[-1], k, base.rates)
+            rates = tuple(conv.dilation[0] for conv in base.head.branches)
+            self.attention = ASPPClassifier(base.backbone.channels[-1], k, rates)
             self.feature_index = ("layer3", "layer4_pre", "layer4").index(base.feature_layer)
             self.stride, self.bn = 8, base.bn
         else:
