@@ -500,14 +500,16 @@ def in_folder(parent: Path, name: str) -> Path:
     return old if old.exists() and not new.exists() else new
 
 
-def warmup(base: str, seed: int) -> Path:
-    """Source-only checkpoints at every warm-up iteration of ``seed`` on ``base``."""
+def warmup(base: str, seed: int, until: int = max(WARMUP_ITERS)) -> Path:
+    """Source-only checkpoints of ``seed`` on ``base`` at every warm-up iteration up to
+    ``until`` (a later call with a larger ``until`` resumes the same run)."""
     run = in_folder(OUT / f"seed{seed}", base)
-    if not set(WARMUP_ITERS) <= {checkpoint_iteration(p) for p in list_checkpoints(run)}:
+    wanted = {i for i in WARMUP_ITERS if i <= until}
+    if not wanted <= {checkpoint_iteration(p) for p in list_checkpoints(run)}:
         cfg = minicity_config(data_root("photo"), [f"train.seed={seed}", *base_overrides(base)],
                               "source_only")
         cfg.train.checkpoint_every, cfg.train.keep_checkpoints = WARMUP_ITERS[0], 100
-        train(cfg, run, progress=False, stop_at=max(WARMUP_ITERS))
+        train(cfg, run, progress=False, stop_at=max(wanted))
     return run
 
 
@@ -539,7 +541,7 @@ def run(name: str, exp: Experiment, seed: int) -> Path:
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted run of ours: start it again
     if exp.branch:
         folder.mkdir(parents=True)
-        shutil.copy(warmup(exp.base, seed) / checkpoint_name(exp.branch), folder)
+        shutil.copy(warmup(exp.base, seed, exp.branch) / checkpoint_name(exp.branch), folder)
     t0 = time.perf_counter()
     results = train(cfg, folder, progress=False)
     for p in list_checkpoints(folder):  # keep the logs, not the weights
@@ -556,7 +558,7 @@ def run(name: str, exp: Experiment, seed: int) -> Path:
 def similarity_quantiles(seed: int = 0, base: str = "select-warmup") -> dict[str, float]:
     """Quantiles of S between target-train features and the dictionary at the warm-up's
     checkpoint at 500: where the sweep places its thresholds tau."""
-    ckpt = warmup(base, seed) / checkpoint_name(500)
+    ckpt = warmup(base, seed, 500) / checkpoint_name(500)
     model, cfg, _ = load_trained(ckpt)
     d = ClassFeatureDictionary(19, cfg.dictionary.capacity, model.feature_dim,
                                cfg.dictionary.per_image)
