@@ -433,11 +433,12 @@ TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str | tuple
         f"{p}mit-ref {m}" for m in MIT_REF_METHODS}, ("run",),
         (f"dacs [run={prefix}mit-ref DACS]", f"mic [run={prefix}mit-ref MIC]"))
        for suffix, prefix in (("", ""), ("-dusk", "dusk "))},
-    # HRDA and MIC(HRDA), ours on each (lowres DACS is evaluated at 192x96, on another label
-    # grid, which a report refuses: `classes "lowres DACS" ...` pairs it per class)
+    # DACS at half resolution, HRDA and MIC(HRDA), ours on each (the half-resolution DACS sees
+    # a 192x96 input, scored on the same full-resolution labels: MIXED_INPUT)
     **{f"hrda{suffix}": (lambda seed, name, p=prefix: seed > 0 and name in {
-        *(f"{p}hrda {m}" for m in HRDA_METHODS), p + DETAIL}, ("run",),
-        (f"dacs [run={prefix}hrda HRDA]", f"mic [run={prefix}hrda MIC(HRDA)]"))
+        p + "lowres DACS", *(f"{p}hrda {m}" for m in HRDA_METHODS), p + DETAIL}, ("run",),
+        (f"dacs [run={prefix}lowres DACS]", f"dacs [run={prefix}hrda HRDA]",
+         f"mic [run={prefix}hrda MIC(HRDA)]"))
        for suffix, prefix in (("", ""), ("-dusk", "dusk "))},
     "sweep": (lambda seed, name: seed == 0 and name in sweep_names(), ("run",),
               "source_only [run=source-only]"),
@@ -460,6 +461,10 @@ TABLES: dict[str, tuple[Callable[[int, str], bool], tuple[str, ...], str | tuple
     "fog": (lambda seed, name: name.startswith("fog pretrained "), (), "source_only"),
     "dusk": (lambda seed, name: name.startswith("dusk pretrained "), (), "source_only"),
 }
+
+
+# tables whose runs see other network input sizes (`cosalign report --mixed-input-sizes`)
+MIXED_INPUT = {"hrda", "hrda-dusk"}
 
 
 def sweep_names() -> set[str]:
@@ -643,7 +648,8 @@ def cmd_report(args) -> None:
             print(f"\n### {table}: `cosalign report` over {len(runs)} run records of "
                   f"{RECORDS}/seed*/, baseline {baseline or 'none'} (`minicity_ablation.py report "
                   f"{table}`; written to {out})\n")
-            print(report(runs, out, baseline=by_folder(baseline), by=by))
+            print(report(runs, out, baseline=by_folder(baseline), by=by,
+                         mixed_input=table in MIXED_INPUT))
 
 
 def cmd_classes(args) -> None:

@@ -111,6 +111,27 @@ def test_refusals_name_the_folder(tmp_path, capsys):
     assert "unfinished" in err and "Traceback" not in err
 
 
+def test_other_input_sizes_only_when_asked(tmp_path, capsys):
+    """A half-resolution baseline against full-resolution runs: the labels are scored at full
+    resolution either way, so --mixed-input-sizes pairs them, and the report says which group
+    saw which input; without it, the refusal names the switch; another split stays refused."""
+    for s, (low, full) in {1: (30.0, 33.0), 2: (32.0, 36.0)}.items():
+        fake_run(tmp_path / f"low{s}", "dacs", s, low, extra=["data.val.size=[192, 96]"])
+        fake_run(tmp_path / f"full{s}", "ours_dacs", s, full)
+    runs = sorted(tmp_path.glob("*[12]"))
+    with pytest.raises(ReportError, match=r"evaluated with data.val.size=.*--mixed-input-sizes"):
+        report(runs, tmp_path / "out", baseline="dacs")
+    text = report(runs, tmp_path / "out", baseline="dacs", mixed_input=True)
+    assert "+3.50 [" in text and "(n=2)" in text  # gains 3 and 4
+    assert "dacs: [192, 96]" in text and "ours_dacs: [384, 192]" in text
+    split = fake_run(tmp_path / "split", "ours", 1, 30.0, extra=["data.val.split=train"])
+    with pytest.raises(ReportError, match="split: evaluated with data.val.split='train'"):
+        report([*runs, split], tmp_path / "out2", mixed_input=True)
+    assert main(["report", *map(str, runs), "--baseline", "dacs", "--mixed-input-sizes",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "dacs: [192, 96]" in capsys.readouterr().out
+
+
 def test_report_on_short_minicity_runs(tiny_config, tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed in (0, 1):

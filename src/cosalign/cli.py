@@ -198,7 +198,7 @@ def cmd_score(args) -> int:
 def cmd_report(args) -> int:
     from cosalign.report import report
 
-    print(report(args.runs, args.out, args.baseline, tuple(args.by)))
+    print(report(args.runs, args.out, args.baseline, tuple(args.by), args.mixed_input_sizes))
     print(f"wrote {args.out}/report.md, report.csv, miou.png and train.png")
     return 0
 
@@ -575,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--by", action=ListAction, default=[], metavar="KEY",
                    help="config keys that also split groups, e.g. align.tau; run: the run "
                    "folder's name")
+    r.add_argument("--mixed-input-sizes", action="store_true",
+                   help="compare runs evaluated at other network input sizes (data.val.size; "
+                   "labels are scored at full resolution either way), e.g. a half-resolution "
+                   "baseline against HRDA")
     r.add_argument("--out", default="runs/report", help="folder for report.md/.csv and plots")
     r.set_defaults(func=cmd_report)
 

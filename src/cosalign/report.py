@@ -12,9 +12,13 @@ weights, plus any ``--by`` config keys) and by seed, and writes:
   diagnostic vs iteration), the mean over seeds with a min-max band.
 
 It refuses, naming the folder: folders that are not runs, unfinished runs (no evaluation at the
-last iteration), runs evaluated on other splits, sizes or class subsets than the rest, and runs
-whose reported checkpoint was chosen after seeing later evaluations (evaluations logged beyond
-the reported iteration: the run went on and was cut back).
+last iteration), runs evaluated on other splits, input sizes or class subsets than the rest, and
+runs whose reported checkpoint was chosen after seeing later evaluations (evaluations logged
+beyond the reported iteration: the run went on and was cut back). Labels are scored at their
+full resolution whatever the network's input size (``data.val.size``; docs/METHOD.md section
+5), so with ``mixed_input=True`` (``--mixed-input-sizes``) runs of other input sizes are
+compared on the same pixels, the input size then part of each method (e.g. a half-resolution
+baseline against HRDA); the report names each group's input size.
 """
 
 from __future__ import annotations
@@ -113,17 +117,23 @@ def load_run(path: str | Path, by: tuple[str, ...] = ()) -> Run:
     return Run(path, cfg, group, final[-1], evals, [r for r in rows if r["kind"] == "train"])
 
 
-def check_together(runs: list[Run]) -> list[str]:
-    """Refuse runs evaluated differently from the first; return warnings about groups whose
-    runs differ in a config key other than the seed (name it with --by to split them)."""
+def check_together(runs: list[Run], mixed_input: bool = False) -> list[str]:
+    """Refuse runs evaluated differently from the first (with ``mixed_input``, a different
+    network input size is allowed: the labels are scored at full resolution either way);
+    return warnings about groups whose runs differ in a config key other than the seed (name
+    it with --by to split them)."""
     ref = evaluation_key(runs[0].cfg)
     for run in runs[1:]:
         key = evaluation_key(run.cfg)
-        diff = {k: (ref[k], key[k]) for k in ref if ref[k] != key[k]}
+        diff = {k: (ref[k], key[k]) for k in ref if ref[k] != key[k]
+                and not (mixed_input and k == "data.val.size")}
         if diff:
             k, (a, b) = next(iter(diff.items()))
+            hint = (" (labels are scored at full resolution either way: --mixed-input-sizes "
+                    "compares them, the input size then part of each method)"
+                    if k == "data.val.size" else "")
             raise ReportError(f"{run.path}: evaluated with {k}={b!r}, but {runs[0].path} with "
-                              f"{k}={a!r}; a report compares runs evaluated the same way")
+                              f"{k}={a!r}; a report compares runs evaluated the same way{hint}")
     warnings = []
     for group in dict.fromkeys(r.group for r in runs):
         members = [r for r in runs if r.group == group]
@@ -271,17 +281,22 @@ def _curves(runs: list[Run], rows_of, key) -> dict[str, list[tuple[list[int], li
 
 
 def report(paths: list[str | Path], out_dir: str | Path, baseline: str = "source_only",
-           by: tuple[str, ...] = ()) -> str:
+           by: tuple[str, ...] = (), mixed_input: bool = False) -> str:
     """Load, check, tabulate and plot; returns the Markdown that report.md holds."""
     from cosalign.viz import curves_figure
 
     out = writable_dir(out_dir, "--out folder")
     runs = [load_run(p, by) for p in expand(paths)]
-    warnings = check_together(runs)
+    warnings = check_together(runs, mixed_input)
     rows, baseline = build(runs, baseline)
     headline = runs[0].cfg.data.classes
+    key = evaluation_key(runs[0].cfg)
+    sizes = {r.group: evaluation_key(r.cfg)["data.val.size"] for r in runs}
+    if len({str(v) for v in sizes.values()}) > 1:
+        key["data.val.size"] = "per group (" + "; ".join(f"{g}: {v}" for g, v in sizes.items()) \
+            + "), labels scored at full resolution"
     text = (f"# Results of {len(runs)} runs\n\nEvaluation: "
-            f"{', '.join(f'{k}={v}' for k, v in evaluation_key(runs[0].cfg).items())}; the "
+            f"{', '.join(f'{k}={v}' for k, v in key.items())}; the "
             "evaluation at each run's last iteration.\n\n" + markdown(rows, baseline, warnings))
     write_text(out / "report.md", text)
     write_csv(rows, out / "report.csv")
