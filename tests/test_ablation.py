@@ -70,6 +70,25 @@ def test_the_control_runs_as_target_bn_and_tables_pick_their_runs(ablation):
     assert keep["c"](3, "selected pretrained MinEnt loss.ent=0.1 loss.ent_aux=0.02")
 
 
+def test_a_table_mixes_input_sizes_only_where_it_says_so(ablation, tmp_path):
+    """`cosalign report` refuses runs of other input sizes unless asked: each table's runs see
+    one input size, except the tables named in MIXED_INPUT (the HRDA ones: DACS at half
+    resolution against HRDA), which hold two."""
+    experiments = all_experiments(ablation)
+    sizes = {}
+    for name, exp in experiments.items():
+        if exp.method in METHODS and exp.base in ablation.BASES:
+            cfg = minicity_config(tmp_path, [f"train.seed={exp.seeds[0]}",
+                                             *ablation.base_overrides(exp.base), *exp.overrides],
+                                  exp.method)
+            sizes[name] = tuple(cfg.data.val.size)
+    for table, (keep, _, _) in ablation.TABLES.items():
+        kept = {sizes[n] for n, e in experiments.items() if keep(max(e.seeds), n)}
+        assert len(kept) <= 1 or table in ablation.MIXED_INPUT, (table, kept)
+        if table in ablation.MIXED_INPUT:
+            assert kept == {(192, 96), (384, 192)}, table
+
+
 def test_the_transformer_plan_follows_its_learning_rate_selection(ablation, tmp_path,
                                                                    monkeypatch):
     """The MiT's plan is its selection until the three selection runs are done; then the rule
